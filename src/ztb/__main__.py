@@ -1,0 +1,3 @@
+from ztb.cli import main
+
+main()

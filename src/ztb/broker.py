@@ -1,0 +1,300 @@
+"""The broker's core service: one data-plane request in, one reply out.
+
+Data flows one way: the edge hands over a parsed request; the pipeline decides (writing the
+`call` entry); an allowed call goes out through the upstream pool; its `result` entry is made
+durable; the reply goes back to the edge. The token endpoint and the edge's own refusals
+(malformed requests, TLS rejections) are recorded here too, so every path ends in an entry.
+This module never parses HTTP and never touches a socket directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ztb import __version__
+from ztb.config.broker import BrokerConfig
+from ztb.config.registry import Registry
+from ztb.edge.upstream import UpstreamFailure, UpstreamPool, UpstreamResponse
+from ztb.gates.allowlist import AllowlistGate
+from ztb.gates.base import AuditLog, BodySource, Call, Deny, Peer
+from ztb.gates.egress import EgressGate
+from ztb.gates.identity import IdentityGate
+from ztb.gates.pipeline import Pipeline
+from ztb.gates.record import caller_fields
+from ztb.gates.scope import ScopeGate, mint_request
+from ztb.gates.shape import ShapeGate
+from ztb.gates.target import lookup
+from ztb.metrics import Metrics
+from ztb.reasons import Reason
+from ztb.tokens.format import new_token, token_hash, token_id
+from ztb.tokens.store import StoreUnavailable, TokenRecord, TokenStore
+
+TOKEN_PATH = "/.ztb/token"
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_ulid(now: float) -> str:
+    """A ULID: 48-bit millisecond time and 80 random bits, Crockford base32."""
+    value = (int(now * 1000) << 80) | secrets.randbits(80)
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def error_body(deny: Deny, call_id: str) -> bytes:
+    return orjson.dumps({"error": {"gate": deny.gate.value, "reason": deny.reason.value, "call_id": call_id}})
+
+
+def refusal(deny: Deny, call_id: str, extra: Iterable[tuple[str, str]] = ()) -> Reply:
+    headers = (("content-type", "application/json"), ("cache-control", "no-store"), *extra)
+    return Reply(deny.status, headers, error_body(deny, call_id))
+
+
+class Broker:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        registry: Registry,
+        store: TokenStore,
+        audit: AuditLog,
+        upstreams: UpstreamPool,
+        metrics: Metrics,
+    ) -> None:
+        self.metrics = metrics
+        self.config = config
+        self.registry = registry
+        self.store = store
+        self.audit = audit
+        self.upstreams = upstreams
+        self._ttl = config.token_ttl_s
+        self._durability_s = config.audit.durability_timeout_ms / 1000
+        self.pipeline = Pipeline(
+            IdentityGate(),
+            ScopeGate(store),
+            AllowlistGate(),
+            ShapeGate(),
+            EgressGate(audit, self._rotate, self._durability_s),
+            audit,
+        )
+
+    # -- the data plane ------------------------------------------------------------------------
+
+    def new_call(
+        self, peer: Peer, method: str, target: str, headers: tuple[tuple[str, str], ...], body: BodySource
+    ) -> Call:
+        now = time.time()
+        registry = self.registry
+        return Call(
+            call_id=new_ulid(now),
+            arrived=time.perf_counter(),
+            now=now,
+            peer=peer,
+            method=method,
+            target=target,
+            headers=headers,
+            lookup=lookup(registry, method, target),
+            registry=registry,
+            body=body,
+        )
+
+    async def handle(self, call: Call) -> Reply:
+        deny = await self.pipeline.run(call)
+        self._count(call, deny)
+        if deny is not None:
+            if deny.reason is Reason.AUDIT_UNAVAILABLE:
+                self._close_unforwarded(call, deny.reason)
+            return refusal(deny, call.call_id)
+        forward = call.forward
+        route = call.lookup.route
+        assert forward is not None and route is not None and call.entry is not None
+        upstream = call.registry.upstreams[route.upstream]
+        headers = [
+            *forward.headers,
+            ("ztb-call-id", call.call_id),
+            ("ztb-caller", call.identity or ""),
+        ]
+        if forward.content_type is not None:
+            headers.append(("content-type", forward.content_type))
+        outcome = await self.upstreams.send(upstream, call.method, forward.path, headers, forward.body)
+        self.metrics.upstream_seconds.labels(upstream.name).observe(outcome.elapsed_ms / 1000)
+        result = self.audit.append("result", _result_fields(call.call_id, outcome))
+        # The upstream has acted: the reply is released even if this wait times out (the writer
+        # then reports not-writable and new calls are refused until the log recovers).
+        await self.audit.durable(result.seq, self._durability_s)
+        extra = [("ztb-call-id", call.call_id)]
+        if call.next_token is not None:
+            extra.append(("ztb-next-token", call.next_token))
+        if isinstance(outcome, UpstreamFailure):
+            return refusal(Deny(outcome.reason), call.call_id, extra)
+        allowed = route.response_headers
+        kept = [(name, value) for name, value in outcome.headers if name.lower() in allowed]
+        return Reply(outcome.status, (*kept, *extra), outcome.body)
+
+    def _count(self, call: Call, deny: Deny | None) -> None:
+        route = call.lookup.route
+        upstream = route.upstream if route is not None else ""
+        if deny is None:
+            self.metrics.calls.labels("ALLOW", "", "", upstream).inc()
+        else:
+            self.metrics.calls.labels("DENY", deny.gate.value, deny.reason.value, upstream).inc()
+        self.metrics.decision_seconds.observe(time.perf_counter() - call.arrived)
+
+    def _close_unforwarded(self, call: Call, reason: Reason) -> None:
+        """An ALLOW entry that could not be made durable: a `result` closes it once the log can."""
+        self.audit.append(
+            "result",
+            {
+                "call_id": call.call_id,
+                "forwarded": False,
+                "status": None,
+                "bytes": None,
+                "sha256": None,
+                "upstream_ms": None,
+                "error": reason.value,
+            },
+        )
+
+    async def _rotate(self, call: Call) -> tuple[str, str] | None:
+        route = call.lookup.route
+        if route is None or call.identity is None:
+            return None
+        issued = await self._issue(call.identity, route.upstream, route.scope, call.peer.thumbprint, call.now)
+        return issued
+
+    async def _issue(
+        self, identity: str, upstream: str, scope: str, thumbprint: str, now: float
+    ) -> tuple[str, str] | None:
+        token = new_token()
+        digest = token_hash(token)
+        record = TokenRecord(identity, upstream, scope, now + self._ttl, thumbprint)
+        try:
+            async with asyncio.timeout(1.0):
+                await self.store.put(digest, record)
+        except (StoreUnavailable, TimeoutError):
+            return None
+        self.metrics.tokens_minted.inc()
+        return token, token_id(digest)
+
+    # -- the token endpoint -------------------------------------------------------------------
+
+    async def mint(self, peer: Peer, body: bytes) -> Reply:
+        now = time.time()
+        call_id = new_ulid(now)
+        registry = self.registry
+        identity = registry.identity_for(peer.spki)
+        fields: dict[str, Any] = {
+            "call_id": call_id,
+            "caller": caller_fields(peer.addr, peer.spki, identity),
+            "upstream": None,
+            "scope": None,
+        }
+        decided = Deny(Reason.UNKNOWN_SPKI) if identity is None else mint_request(registry, identity, body)
+        issued: tuple[str, str] | None = None
+        if identity is not None and isinstance(decided, tuple):
+            fields["upstream"], fields["scope"] = decided
+            issued = await self._issue(identity, decided[0], decided[1], peer.thumbprint, now)
+            if issued is None:
+                decided = Deny(Reason.TOKEN_STORE_UNAVAILABLE)
+        if isinstance(decided, Deny) or issued is None:
+            reason = decided.reason if isinstance(decided, Deny) else Reason.TOKEN_STORE_UNAVAILABLE
+            self.metrics.mint_refused.labels(reason.value).inc()
+            self.audit.append("token", {**fields, "decision": "DENY", "reason": reason.value})
+            return refusal(Deny(reason), call_id)
+        token, tid = issued
+        self.audit.append(
+            "token", {**fields, "decision": "ALLOW", "reason": None, "id": tid, "exp_in_s": self._ttl}
+        )
+        answer = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self._ttl,
+            "upstream": fields["upstream"],
+            "scope": fields["scope"],
+        }
+        headers = (
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+            ("ztb-call-id", call_id),
+        )
+        return Reply(200, headers, orjson.dumps(answer))
+
+    # -- refusals decided by the edge ---------------------------------------------------------
+
+    def refuse_at_edge(self, peer: Peer, reason: Reason, method: str | None, target: str | None) -> Reply:
+        """A request the HTTP layer could not accept (malformed, headers too large or too slow)."""
+        now = time.time()
+        call_id = new_ulid(now)
+        deny = Deny(reason)
+        identity = self.registry.identity_for(peer.spki)
+        self.audit.append(
+            "call",
+            {
+                "call_id": call_id,
+                "caller": caller_fields(peer.addr, peer.spki, identity),
+                "upstream": {
+                    "name": None,
+                    "route": None,
+                    "method": method,
+                    "path": None,
+                    "target": None if target is None else target[:1024],
+                },
+                "token": None,
+                "shape": None,
+                "decision": "DENY",
+                "gate": deny.gate.value,
+                "reason": reason.value,
+                "latency_ms": 0,
+            },
+        )
+        return refusal(deny, call_id)
+
+    def record_tls_rejection(self, addr: str, reason: Reason, count: int, detail: str) -> None:
+        self.metrics.tls_rejections.labels(reason.value).inc(count)
+        self.audit.append(
+            "identity",
+            {
+                "caller": {"addr": addr},
+                "decision": "DENY",
+                "gate": "identity",
+                "reason": reason.value,
+                "count": count,
+                "detail": detail[:200],
+            },
+        )
+
+    def start_fields(self) -> dict[str, str]:
+        return {"version": __version__, "registry_sha256": self.registry.sha256}
+
+
+def _result_fields(call_id: str, outcome: UpstreamResponse | UpstreamFailure) -> dict[str, Any]:
+    if isinstance(outcome, UpstreamFailure):
+        return {
+            "call_id": call_id,
+            "forwarded": outcome.forwarded,
+            "status": None,
+            "bytes": None,
+            "sha256": None,
+            "upstream_ms": outcome.elapsed_ms,
+            "error": outcome.reason.value,
+        }
+    return {
+        "call_id": call_id,
+        "forwarded": True,
+        "status": outcome.status,
+        "bytes": len(outcome.body),
+        "sha256": outcome.sha256,
+        "upstream_ms": outcome.elapsed_ms,
+        "error": None,
+    }

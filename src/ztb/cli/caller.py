@@ -1,0 +1,5 @@
+"""ztb caller commands."""
+
+import click
+
+COMMANDS: list[click.Command] = []

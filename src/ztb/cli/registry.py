@@ -1,0 +1,5 @@
+"""ztb registry commands."""
+
+import click
+
+COMMANDS: list[click.Command] = []

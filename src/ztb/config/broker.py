@@ -1,0 +1,106 @@
+"""broker.yaml -> a frozen BrokerConfig: where this instance listens, its keys, its limits.
+
+Deployment facts, not policy. Every limit of SPEC §2 is a setting here with the SPEC's default
+and a bounded range: a limit can be tuned, never switched off. Paths are resolved against the
+deployment folder at load, so nothing downstream sees a relative path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ztb.config.errors import ConfigError, from_validation
+
+BROKER_FILE = "broker.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Listen(_Frozen):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)]
+
+
+class ServerTLS(_Frozen):
+    cert: Path
+    key: Path
+    client_ca: Path
+    # TLS 1.2 only with forward-secret AEAD suites; 1.3 is the default and the recommendation.
+    min_version: Literal["1.3", "1.2"] = "1.3"
+
+
+class EgressTLS(_Frozen):
+    cert: Path
+    key: Path
+
+
+class Audit(_Frozen):
+    dir: Path = Path("audit")
+    signing_key: Path = Path("keys/audit.key")
+    durability_timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 1000
+
+
+class Limits(_Frozen):
+    header_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10
+    body_timeout_s: Annotated[float, Field(gt=0, le=120)] = 30
+    idle_timeout_s: Annotated[float, Field(gt=0, le=300)] = 75
+    max_headers: Annotated[int, Field(ge=8, le=256)] = 64
+    max_header_bytes: Annotated[int, Field(ge=1024, le=65536)] = 16384
+    max_response_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 8 * 1024 * 1024
+
+
+class BrokerConfig(_Frozen):
+    broker_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+    deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+    listen: Listen
+    tls: ServerTLS
+    egress: EgressTLS
+    audit: Audit = Audit()
+    token_ttl_s: Annotated[int, Field(ge=1, le=60)] = 60
+    token_store: str = "memory"
+    admin: Listen = Listen(port=9090)
+    limits: Limits = Limits()
+    root: Path = Path(".")  # the deployment folder; set by load_broker_config
+
+    @field_validator("token_store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be 'memory' or a redis:// URL")
+        return value
+
+    def path(self, relative: Path) -> Path:
+        return relative if relative.is_absolute() else self.root / relative
+
+
+def load_broker_config(deployment: Path) -> BrokerConfig:
+    path = deployment / BROKER_FILE
+    raw = read_yaml_mapping(path)
+    try:
+        return BrokerConfig.model_validate({**raw, "root": deployment.resolve()})
+    except ValidationError as exc:
+        raise from_validation(path, exc) from None
+
+
+def read_yaml_mapping(path: Path) -> dict[str, object]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: (top level): must be a mapping")
+    return data

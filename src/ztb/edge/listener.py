@@ -1,0 +1,278 @@
+"""The data-plane listener: TLS, then HTTP/1.1 framing (h11), then the broker core.
+
+It works from the raw request target and raw body bytes; it never routes on `Host`, never
+percent-decodes, never normalises a path and never lets a caller's framing reach an upstream.
+TLS is negotiated by the listener itself after accept, so a failed handshake (no certificate,
+untrusted certificate) is seen and audited as an `identity` entry, folded per source per second.
+Every limit of SPEC §2 is enforced here: header block size and count, header and body time,
+idle keep-alive. Anything it cannot parse is refused with an entry, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+
+import h11
+
+from ztb.broker import TOKEN_PATH, Broker, Reply
+from ztb.config.broker import Limits
+from ztb.edge.tls import client_cert_facts, handshake_reason
+from ztb.gates.base import BodyTimeout, BodyTooLarge, Peer
+from ztb.reasons import Reason
+
+log = logging.getLogger("ztb.edge")
+READ_CHUNK = 65536
+MAX_MINT_BODY = 4096
+
+
+class _Closed(Exception):
+    """The peer went away or went silent between requests: nothing to answer."""
+
+
+class _Refused(Exception):
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+class _Fold:
+    """Folds repeated TLS rejections from one source into one entry a second, with a count."""
+
+    def __init__(self, record: Callable[[str, Reason, int, str], None]) -> None:
+        self._record = record
+        self._windows: dict[tuple[str, Reason], list[int]] = {}
+
+    def rejected(self, addr: str, reason: Reason, detail: str) -> None:
+        key = (addr, reason)
+        window = self._windows.get(key)
+        if window is not None:
+            window[0] += 1
+            return
+        self._record(addr, reason, 1, detail)
+        self._windows[key] = [0]
+        asyncio.get_running_loop().call_later(1.0, self._flush, key, detail)
+
+    def _flush(self, key: tuple[str, Reason], detail: str) -> None:
+        window = self._windows.pop(key)
+        if window[0]:
+            self._record(key[0], key[1], window[0], detail)
+
+
+class _Body:
+    """The request body as the shape gate sees it: read on demand, capped, timed."""
+
+    def __init__(self, conn: _Connection, declared: int | None, timeout_s: float) -> None:
+        self._conn = conn
+        self._declared = declared
+        self._timeout = timeout_s
+
+    def declared_length(self) -> int | None:
+        return self._declared
+
+    async def read(self, limit: int) -> bytes:
+        conn = self._conn
+        if conn.h11.they_are_waiting_for_100_continue:
+            conn.writer.write(conn.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._timeout):
+                while True:
+                    event = await conn.next_event()
+                    if isinstance(event, h11.Data):
+                        size += len(event.data)
+                        if size > limit:
+                            raise BodyTooLarge
+                        chunks.append(bytes(event.data))
+                    elif isinstance(event, h11.EndOfMessage):
+                        return b"".join(chunks)
+                    else:
+                        raise BodyTimeout  # the connection ended mid-body
+        except TimeoutError:
+            raise BodyTimeout from None
+        except (_Closed, h11.RemoteProtocolError):
+            raise BodyTimeout from None
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+
+    async def next_event(self) -> object:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.reader.read(READ_CHUNK)
+            self.h11.receive_data(data)
+
+    async def send(self, reply: Reply, *, close: bool) -> None:
+        headers = [*reply.headers, ("content-length", str(len(reply.body)))]
+        if close:
+            headers.append(("connection", "close"))
+        data = self.h11.send(h11.Response(status_code=reply.status, headers=headers))
+        if reply.body:
+            data += self.h11.send(h11.Data(data=reply.body))
+        data += self.h11.send(h11.EndOfMessage())
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+class Listener:
+    def __init__(self, broker: Broker, ssl_context: ssl.SSLContext, limits: Limits) -> None:
+        self._broker = broker
+        self._ssl = ssl_context
+        self._limits = limits
+        self._fold = _Fold(broker.record_tls_rejection)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._accept, host, port, limit=READ_CHUNK, backlog=1024)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def drain(self, deadline_s: float) -> None:
+        """Wait for connections in flight to finish, then cancel what is left."""
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=deadline_s)
+            for task in pending:
+                task.cancel()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except Exception:  # a bug must cost one connection, never the listener
+            log.exception("connection failed")
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        addr = str(peername[0]) if peername else "unknown"
+        try:
+            await writer.start_tls(self._ssl, ssl_handshake_timeout=self._limits.header_timeout_s)
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+            self._fold.rejected(addr, handshake_reason(exc), str(exc))
+            return
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            self._fold.rejected(addr, Reason.NO_CLIENT_CERTIFICATE, "no certificate after handshake")
+            return
+        facts = client_cert_facts(der)
+        if facts.problem is not None:
+            self._fold.rejected(addr, facts.problem, "certificate breaks the client certificate rules")
+            return
+        peer = Peer(addr, facts.spki, facts.thumbprint)
+        conn = _Connection(reader, writer, self._limits)
+        while await self._one_request(conn, peer):
+            conn.h11.start_next_cycle()
+
+    async def _one_request(self, conn: _Connection, peer: Peer) -> bool:
+        """Serve one request; True when the connection may carry another."""
+        limits = self._limits
+        try:
+            request = await self._read_head(conn)
+        except _Closed:
+            return False
+        except _Refused as refused:
+            await self._send_quietly(conn, self._broker.refuse_at_edge(peer, refused.reason, None, None))
+            return False
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("latin-1")
+        problem = _framing_problem(request)
+        if problem is not None:
+            await self._send_quietly(conn, self._broker.refuse_at_edge(peer, problem, method, target))
+            return False
+        headers = tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers)
+        declared = _declared_length(headers)
+        body = _Body(conn, declared, limits.body_timeout_s)
+        if target == TOKEN_PATH and method == "POST":
+            try:
+                data = await body.read(MAX_MINT_BODY)
+            except (BodyTooLarge, BodyTimeout):
+                data = b"\x00"  # refused by the mint's own parser as a bad token request
+            reply = await self._broker.mint(peer, data)
+        else:
+            call = self._broker.new_call(peer, method, target, headers, body)
+            reply = await self._broker.handle(call)
+        keep = conn.h11.their_state is h11.DONE
+        await self._send_quietly(conn, reply, close=not keep)
+        return keep and conn.h11.our_state is h11.DONE
+
+    async def _read_head(self, conn: _Connection) -> h11.Request:
+        limits = self._limits
+        # Idle keep-alive: the first byte of the next request must come within idle_timeout_s...
+        if not conn.h11.trailing_data[0]:
+            try:
+                async with asyncio.timeout(limits.idle_timeout_s):
+                    data = await conn.reader.read(READ_CHUNK)
+            except (TimeoutError, ConnectionError, ssl.SSLError):
+                raise _Closed from None
+            if not data:
+                raise _Closed
+            conn.h11.receive_data(data)
+        # ...and the whole head within header_timeout_s of it.
+        try:
+            async with asyncio.timeout(limits.header_timeout_s):
+                event = await conn.next_event()
+        except TimeoutError:
+            raise _Refused(Reason.HEADER_TIMEOUT) from None
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise _Refused(Reason.HEADERS_TOO_LARGE) from None
+            raise _Refused(Reason.MALFORMED_REQUEST) from None
+        except (ConnectionError, ssl.SSLError):
+            raise _Closed from None
+        if isinstance(event, h11.ConnectionClosed):
+            raise _Closed
+        if not isinstance(event, h11.Request):
+            raise _Refused(Reason.MALFORMED_REQUEST)
+        if len(event.headers) > limits.max_headers:
+            raise _Refused(Reason.HEADERS_TOO_LARGE)
+        return event
+
+    async def _send_quietly(self, conn: _Connection, reply: Reply, *, close: bool = True) -> None:
+        try:
+            if conn.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await conn.send(reply, close=close)
+            else:
+                conn.writer.close()
+        except (ConnectionError, ssl.SSLError, h11.LocalProtocolError):
+            conn.writer.close()
+
+
+def _framing_problem(request: h11.Request) -> Reason | None:
+    """HTTP/1.1 only, no protocol switching."""
+    if request.http_version != b"1.1":
+        return Reason.MALFORMED_REQUEST
+    for name, _ in request.headers:
+        if name == b"upgrade":
+            return Reason.MALFORMED_REQUEST
+    return None
+
+
+def _declared_length(headers: tuple[tuple[str, str], ...]) -> int | None:
+    """The Content-Length h11 accepted, 0 when there is no body, None for a chunked body."""
+    if any(name == "transfer-encoding" for name, _ in headers):
+        return None
+    for name, value in headers:
+        if name == "content-length":
+            return int(value)
+    return 0

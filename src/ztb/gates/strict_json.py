@@ -1,0 +1,94 @@
+"""Strict JSON: the parse a body must survive before its schema is even looked at.
+
+Refused: invalid UTF-8 (overlong forms and encoded surrogates included), a byte-order mark,
+duplicate keys, NaN/Infinity, numbers that overflow a double or an integer beyond ±(2^53-1),
+escaped lone surrogates, and nesting deeper than 32 levels. Pure code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from ztb.reasons import Reason
+
+MAX_DEPTH = 32
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class JSONRefused(Exception):
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise JSONRefused(Reason.DUPLICATE_KEY)
+    return result
+
+
+def _constant(name: str) -> Any:
+    raise JSONRefused(Reason.NON_FINITE_NUMBER)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONRefused(Reason.NUMBER_OUT_OF_RANGE)
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text) > 17:
+        raise JSONRefused(Reason.NUMBER_OUT_OF_RANGE)
+    value = int(text)
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise JSONRefused(Reason.NUMBER_OUT_OF_RANGE)
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float, parse_int=_int, strict=True
+)
+
+
+def parse(data: bytes) -> Any:
+    """The JSON value of `data`, or JSONRefused with the reason it was refused."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JSONRefused(Reason.INVALID_UTF8) from None
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise JSONRefused(Reason.NESTING_TOO_DEEP) from None
+    except ValueError:  # json.JSONDecodeError and int/float conversion failures
+        raise JSONRefused(Reason.INVALID_JSON) from None
+    _check(value, 1)
+    return value
+
+
+def _check(value: Any, depth: int) -> None:
+    if isinstance(value, dict):
+        if depth > MAX_DEPTH:
+            raise JSONRefused(Reason.NESTING_TOO_DEEP)
+        for key, item in value.items():
+            _check_text(key)
+            _check(item, depth + 1)
+    elif isinstance(value, list):
+        if depth > MAX_DEPTH:
+            raise JSONRefused(Reason.NESTING_TOO_DEEP)
+        for item in value:
+            _check(item, depth + 1)
+    elif isinstance(value, str):
+        _check_text(value)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # an escaped lone surrogate such as "\ud800"
+        raise JSONRefused(Reason.LONE_SURROGATE) from None

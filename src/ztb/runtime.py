@@ -1,0 +1,128 @@
+"""A running broker: loads a deployment, assembles the parts, serves, and stops cleanly.
+
+Start order: configuration and registry (refused whole if invalid), signing key, audit log
+(`start`, then `recover` if a torn tail was set aside), token store, upstream pool, data-plane
+listener, admin plane. Stop order is the reverse, ending with the `stop` entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from ztb import __version__
+from ztb.audit.keys import SigningKey
+from ztb.audit.writer import AuditWriter
+from ztb.broker import Broker
+from ztb.config import BrokerConfig, ConfigError, load_broker_config, load_registry
+from ztb.edge.admin import AdminPlane
+from ztb.edge.listener import Listener
+from ztb.edge.tls import server_context
+from ztb.edge.upstream import UpstreamPool
+from ztb.metrics import Metrics
+from ztb.tokens.memory import MemoryTokenStore
+from ztb.tokens.store import TokenStore
+
+
+def make_store(config: BrokerConfig) -> TokenStore:
+    if config.token_store == "memory":
+        return MemoryTokenStore()
+    raise ConfigError(
+        f"{config.root / 'broker.yaml'}: token_store: the Redis store is not available in this build"
+    )
+
+
+@dataclass
+class RunningBroker:
+    config: BrokerConfig
+    broker: Broker
+    writer: AuditWriter
+    listener: Listener
+    admin: AdminPlane
+    metrics: Metrics
+    port: int
+    admin_port: int
+
+    @classmethod
+    async def start(
+        cls, deployment: Path, *, port: int | None = None, admin_port: int | None = None
+    ) -> RunningBroker:
+        config = load_broker_config(deployment)
+        registry = load_registry(deployment)
+        key = SigningKey.load(config.path(config.audit.signing_key))
+        try:
+            ssl_context = server_context(
+                config.path(config.tls.cert),
+                config.path(config.tls.key),
+                config.path(config.tls.client_ca),
+                config.tls.min_version,
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{config.root / 'broker.yaml'}: tls: cannot load certificates: {exc}"
+            ) from None
+        writer = AuditWriter(config.path(config.audit.dir) / config.broker_id, config.broker_id, key)
+        await writer.open(version=__version__, registry_sha256=registry.sha256)
+        writer.append("registry", {"registry_sha256": registry.sha256, "approvers": None})
+        store = make_store(config)
+        pool = UpstreamPool(
+            config.path(config.egress.cert),
+            config.path(config.egress.key),
+            config.tls.min_version,
+            config.limits.max_response_bytes,
+        )
+        metrics = Metrics()
+        broker = Broker(config, registry, store, writer, pool, metrics)
+        listener = Listener(broker, ssl_context, config.limits)
+        bound = await listener.start(config.listen.host, config.listen.port if port is None else port)
+
+        async def readiness() -> dict[str, bool]:
+            try:
+                store_ok = await asyncio.wait_for(store.ping(), 1.0)
+            except Exception:
+                store_ok = False
+            return {"audit_writable": writer.writable, "token_store": store_ok, "registry_loaded": True}
+
+        def render() -> bytes:
+            metrics.audit_writable.set(1 if writer.writable else 0)
+            metrics.audit_next_seq.set(writer.next_seq)
+            return metrics.render()
+
+        metrics.registry_info.labels(registry.sha256).set(1)
+        admin = AdminPlane(readiness, render)
+        admin_bound = await admin.start(
+            config.admin.host, config.admin.port if admin_port is None else admin_port
+        )
+        return cls(config, broker, writer, listener, admin, metrics, bound, admin_bound)
+
+    async def stop(self, drain_s: float = 10.0) -> None:
+        await self.listener.stop_accepting()
+        await self.listener.drain(drain_s)
+        await self.admin.stop()
+        await self.broker.upstreams.close()
+        await self.broker.store.close()
+        await self.writer.close()
+
+
+async def serve_forever(deployment: Path) -> None:
+    running = await RunningBroker.start(deployment)
+    print(
+        f"ztb: broker {running.config.broker_id} serving https://{running.config.listen.host}:{running.port} "
+        f"(admin http://{running.config.admin.host}:{running.admin_port})",
+        flush=True,
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+        await running.stop()
+    print("ztb: stopped", flush=True)
