@@ -147,6 +147,8 @@ class Listener:
             _, pending = await asyncio.wait(list(self._tasks), timeout=deadline_s)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -212,6 +214,8 @@ class Listener:
         else:
             call = self._broker.new_call(peer, method, target, headers, body)
             reply = await self._broker.handle(call)
+        if conn.h11.their_state is h11.SEND_BODY and declared == 0:
+            conn.h11.next_event()  # the empty body's EndOfMessage: no I/O needed
         keep = conn.h11.their_state is h11.DONE
         await self._send_quietly(conn, reply, close=not keep)
         return keep and conn.h11.our_state is h11.DONE

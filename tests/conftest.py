@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from stack import Stack  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One running deployment per test module (broker + recording upstream on free ports)."""
+    running = Stack(tmp_path_factory.mktemp("deployment") / "dep")
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A deployment of its own, for tests that restart or damage it."""
+    running = Stack(tmp_path / "dep")
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def redis_required() -> bool:
+    return os.environ.get("ZTB_REQUIRE_REDIS") == "1"
