@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ztb import pki
-from ztb.cli.deployment import COMMANDS
+from ztb.cli.deployment import init as init_command
 from ztb.config import ConfigError, load_broker_config, load_registry
 from ztb.deploy import init_deployment, sample_order
 
@@ -222,7 +222,7 @@ def test_bad_arguments_write_nothing(tmp_path: Path) -> None:
 
 
 def test_cli_init(tmp_path: Path) -> None:
-    (command,) = COMMANDS
+    command = init_command
     root = tmp_path / "cli"
     result = CliRunner().invoke(command, [str(root), "--broker-port", "28443", "--upstream-port", "29443"])
     assert result.exit_code == 0, result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -42,4 +43,13 @@ def serve(directory: Path) -> None:
     asyncio.run(serve_forever(directory))
 
 
-COMMANDS: list[click.Command] = [init, serve]
+@click.command("demo")
+def demo() -> None:
+    """The whole story: a broker, a sample upstream, an allowed call, the attacks, the audit check."""
+    from ztb.demo import run_demo
+
+    if not run_demo(click.echo):
+        sys.exit(1)
+
+
+COMMANDS: list[click.Command] = [init, serve, demo]

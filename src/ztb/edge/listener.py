@@ -131,6 +131,8 @@ class Listener:
         self._limits = limits
         self._fold = _Fold(broker.record_tls_rejection)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: dict[asyncio.Task[None], asyncio.StreamWriter] = {}  # connections between requests
+        self._draining = False
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -142,7 +144,10 @@ class Listener:
             self.server.close()
 
     async def drain(self, deadline_s: float) -> None:
-        """Wait for connections in flight to finish, then cancel what is left."""
+        """Close idle connections now, wait for calls in flight to finish, then cancel what is left."""
+        self._draining = True
+        for writer in list(self._idle.values()):
+            writer.transport.abort()  # between requests: nothing is lost
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks), timeout=deadline_s)
             for task in pending:
@@ -156,13 +161,15 @@ class Listener:
         self._tasks.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:  # only drain cancels a connection task: it ends here
+            pass
         except Exception:  # a bug must cost one connection, never the listener
             log.exception("connection failed")
         finally:
             self._tasks.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
@@ -224,11 +231,18 @@ class Listener:
         limits = self._limits
         # Idle keep-alive: the first byte of the next request must come within idle_timeout_s...
         if not conn.h11.trailing_data[0]:
+            task = asyncio.current_task()
+            assert task is not None
+            if self._draining:
+                raise _Closed
+            self._idle[task] = conn.writer
             try:
                 async with asyncio.timeout(limits.idle_timeout_s):
                     data = await conn.reader.read(READ_CHUNK)
             except (TimeoutError, ConnectionError, ssl.SSLError):
                 raise _Closed from None
+            finally:
+                self._idle.pop(task, None)
             if not data:
                 raise _Closed
             conn.h11.receive_data(data)
