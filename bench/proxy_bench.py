@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         entries = [e for segs in find_logs(root).values() for e in read_entries(segs)]
         allowed = sum(1 for e in entries if e.get("kind") == "call" and e.get("decision") == "ALLOW")
         verify = subprocess.run(
-            [python, "-m", "ztb", "audit", "verify", str(root)], capture_output=True, text=True
+            [python, "-m", "ztb", "audit", "verify", str(root)], check=False, capture_output=True, text=True
         )
         summary = report(runs, args.concurrency)
         result = {

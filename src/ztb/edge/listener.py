@@ -262,7 +262,7 @@ class Listener:
             raise _Closed
         if not isinstance(event, h11.Request):
             raise _Refused(Reason.MALFORMED_REQUEST)
-        if len(event.headers) > limits.max_headers:
+        if len(event.headers) > limits.max_headers or _head_size(event) > limits.max_header_bytes:
             raise _Refused(Reason.HEADERS_TOO_LARGE)
         return event
 
@@ -274,6 +274,13 @@ class Listener:
                 conn.writer.close()
         except (ConnectionError, ssl.SSLError, h11.LocalProtocolError):
             conn.writer.close()
+
+
+def _head_size(request: h11.Request) -> int:
+    """The request head's size on the wire (at least): h11 caps only a head still incomplete
+    after a read, so a whole head that arrived in one read must be measured here."""
+    line = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n")
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
 
 
 def _framing_problem(request: h11.Request) -> Reason | None:
