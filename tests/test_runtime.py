@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from served import UPSTREAM, Served, ztb
 
+from served import UPSTREAM, Served, ztb
 from ztb.client import BrokerError, BrokerUnavailable, ScopeRefused
 from ztb.deploy import sample_order
 from ztb.sample.upstream import ReceivedRequest

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from served import ztb
 from stack import UPSTREAM, Stack
-
 from ztb.client import EgressFailed
 from ztb.deploy import sample_order
 from ztb.sample.local import SAMPLE_UPSTREAM
