@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ztb.client.response import BrokerError, BrokerUnavailable, Response, refusal, tls_refusal
+from ztb.client.response import BrokerError, BrokerUnavailable, Response, refusal
 from ztb.client.sync import STALE_TOKEN_REASONS, TOKEN_PATH, client_context, encode_body, parse_broker_url
 from ztb.client.tokens import Key, TokenCache
 
@@ -94,18 +94,16 @@ class AsyncClient:
                     data = await answer.read()
                     return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, data)
             except aiohttp.ClientConnectorCertificateError:
-                raise
+                raise  # the broker's certificate is not trusted: a configuration error, not an outage
             except aiohttp.ClientConnectorError as exc:
-                raise tls_refusal(exc) or BrokerUnavailable(
+                raise BrokerUnavailable(
                     f"cannot connect to the broker at {self.host}:{self.port}: {exc}"
                 ) from exc
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                refused = tls_refusal(exc)
-                if refused is not None:
-                    raise refused from exc
                 if attempt == 2:
                     raise BrokerUnavailable(
-                        f"the broker at {self.host}:{self.port} closed before answering"
+                        f"the broker at {self.host}:{self.port} closed the connection before answering "
+                        "(draining, restarting, or refusing this client certificate)"
                     ) from exc
         raise AssertionError("unreachable")
 

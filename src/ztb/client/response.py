@@ -8,7 +8,6 @@ own 4xx/5xx answer stays a plain response. Pure code: no I/O.
 from __future__ import annotations
 
 import json
-import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +48,7 @@ class Response:
 
 
 class BrokerError(Exception):
-    """The broker refused the call: `status`, `gate`, `reason` (codes of ztb.reasons), `call_id`.
-
-    Status 0 means the refusal came at the TLS level (identity gate), before any HTTP."""
+    """The broker refused the call: `status`, `gate`, `reason` (codes of ztb.reasons), `call_id`."""
 
     def __init__(self, status: int, gate: str, reason: str, call_id: str | None) -> None:
         self.status = status
@@ -62,7 +59,7 @@ class BrokerError(Exception):
 
 
 class IdentityRefused(BrokerError):
-    """Gate 1: the certificate is not pinned to an identity (403), or TLS refused it (status 0)."""
+    """Gate 1: the certificate is valid but pinned to no identity (403 unknown_spki)."""
 
 
 class ScopeRefused(BrokerError):
@@ -85,8 +82,10 @@ class EgressFailed(BrokerError):
 
 
 class BrokerUnavailable(ConnectionError):
-    """The request was not delivered: no connection, or the broker closed it before reading.
-    Nothing reached an upstream; trying again later is safe."""
+    """The request was not delivered: no connection, or the broker closed it before answering.
+    Nothing reached an upstream; trying again later is safe. A broker that refuses the client
+    certificate at the TLS level (untrusted, expired, no clientAuth) also just closes the
+    connection, so this persisting on every attempt points at the certificate."""
 
 
 _BY_GATE: dict[Gate, type[BrokerError]] = {
@@ -95,14 +94,6 @@ _BY_GATE: dict[Gate, type[BrokerError]] = {
     Gate.ALLOWLIST: AllowlistRefused,
     Gate.SHAPE: ShapeRefused,
     Gate.EGRESS: EgressFailed,
-}
-_TLS_ALERTS = {
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": Reason.NO_CLIENT_CERTIFICATE,
-    "TLSV1_ALERT_UNKNOWN_CA": Reason.UNTRUSTED_CERTIFICATE,
-    "SSLV3_ALERT_BAD_CERTIFICATE": Reason.UNTRUSTED_CERTIFICATE,
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": Reason.UNTRUSTED_CERTIFICATE,
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": Reason.UNTRUSTED_CERTIFICATE,
-    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": Reason.UNTRUSTED_CERTIFICATE,
 }
 
 
@@ -122,15 +113,3 @@ def refusal(response: Response) -> BrokerError | None:
     return _BY_GATE[gate](
         response.status, gate.value, reason.value, call_id if isinstance(call_id, str) else None
     )
-
-
-def tls_refusal(exc: BaseException) -> IdentityRefused | None:
-    """An IdentityRefused for a TLS alert the broker sent about our certificate, else None."""
-    while exc is not None and not isinstance(exc, ssl.SSLError):
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    if exc is None:
-        return None
-    reason = _TLS_ALERTS.get(str(getattr(exc, "reason", "")))
-    if reason is None:
-        return None
-    return IdentityRefused(0, Gate.IDENTITY.value, reason.value, None)

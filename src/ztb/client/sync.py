@@ -16,13 +16,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from ztb.client.response import (
-    BrokerError,
-    BrokerUnavailable,
-    Response,
-    refusal,
-    tls_refusal,
-)
+from ztb.client.response import BrokerError, BrokerUnavailable, Response, refusal
 from ztb.client.tokens import Key, TokenCache
 from ztb.reasons import Reason
 
@@ -32,7 +26,14 @@ TOKEN_PATH = "/.ztb/token"
 STALE_TOKEN_REASONS = frozenset({Reason.UNKNOWN_TOKEN.value, Reason.TOKEN_EXPIRED.value})
 # The connection died before any byte of an answer: resending is safe, because the broker never
 # forwards a token twice (at worst the retry is refused as a replay).
-_NO_ANSWER = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+_NO_ANSWER = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 
 
 def client_context(cert: Path | None, key: Path | None, ca: Path) -> ssl.SSLContext:
@@ -107,14 +108,9 @@ class Caller:
                 if attempt == 1:
                     continue
                 raise BrokerUnavailable(
-                    f"the broker at {self.host}:{self.port} closed before answering"
+                    f"the broker at {self.host}:{self.port} closed the connection before answering "
+                    "(draining, restarting, or refusing this client certificate)"
                 ) from exc
-            except ssl.SSLError as exc:
-                self.close()
-                refused = tls_refusal(exc)
-                if refused is None:
-                    raise
-                raise refused from exc
             except BaseException:
                 self.close()
                 raise
@@ -135,12 +131,7 @@ class Caller:
             try:
                 conn.connect()
             except ssl.SSLCertVerificationError:
-                raise
-            except ssl.SSLError as exc:
-                refused = tls_refusal(exc)
-                if refused is None:
-                    raise
-                raise refused from exc
+                raise  # the broker's certificate is not trusted: a configuration error, not an outage
             except OSError as exc:
                 raise BrokerUnavailable(
                     f"cannot connect to the broker at {self.host}:{self.port}: {exc}"
