@@ -22,7 +22,7 @@ class Metrics:
         # -- calls ---------------------------------------------------------------------------------
         self.calls = Counter(
             "ztb_calls",
-            "Data-plane calls by decision; gate and reason are empty for ALLOW, upstream for no route",
+            "Data-plane calls by decision; gate and reason empty for ALLOW, upstream empty when no route matched",
             ["decision", "gate", "reason", "upstream"],
             registry=r,
         )
