@@ -84,8 +84,10 @@ class Load:
             assert time.monotonic() < deadline, f"only {len(self.outcomes)} calls in {timeout} s"
             time.sleep(0.02)
 
-    def join(self, timeout: float = 20) -> None:
-        self.stop.set()
+    def join(self, timeout: float = 20, *, stop: bool = True) -> None:
+        """Wait for the callers; with stop=False they end by themselves, on BrokerUnavailable."""
+        if stop:
+            self.stop.set()
         for thread in self.threads:
             thread.join(timeout)
             assert not thread.is_alive(), "a caller thread hung"
@@ -97,7 +99,7 @@ def test_sigterm_under_load_finishes_calls_in_flight_and_seals_the_log(served: S
     load.start(4)
     load.wait_for(12)
     code = served.terminate()
-    load.join()
+    load.join(stop=False)
 
     assert code == 0, served.stderr_path.read_text()
     # Every call either got its answer or was never delivered (refused at connect): none lost.
