@@ -1,7 +1,7 @@
 """A real deployment under test: `ztb init` files, the recording sample upstream and the broker,
 running on their own event loop in a background thread, on free loopback ports.
 
-Tests talk to it over real TLS sockets with `ztb.client.Caller` or raw `ssl` sockets, read what
+Tests talk to it over real TLS sockets with `ztb.client` (`stack.caller()`) or raw `ssl` sockets, read what
 the upstream received (`upstream.received`) and read the audit log from disk.
 """
 

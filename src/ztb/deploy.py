@@ -234,9 +234,14 @@ tls:
 # The broker's own client certificate for its mTLS connections to upstreams.
 egress: {{cert: broker/egress.pem, key: broker/egress.key}}
 
-# The signed, hash-chained audit log: its folder, the Ed25519 signing key, and how long a call
-# may wait for its entry to be durable before it is refused (503, never forwarded).
-audit: {{dir: audit, signing_key: keys/audit.key, durability_timeout_ms: 1000}}
+# The signed, hash-chained audit log: its folder, the Ed25519 signing key, how long a call may
+# wait for its entry to be durable before it is refused (503, never forwarded), and the size at
+# which a segment file is closed and the next one begun (the chain continues across segments).
+audit:
+  dir: audit
+  signing_key: keys/audit.key
+  durability_timeout_ms: 1000
+  segment_bytes: 67108864        # 64 MiB
 
 # Lifetime of minted tokens in seconds (at most 60).
 token_ttl_s: 60
@@ -245,6 +250,11 @@ token_store: memory
 
 # Health, readiness and metrics; a separate listener that never carries data-plane traffic.
 admin: {{host: 127.0.0.1, port: {admin_port}}}
+
+# SIGTERM: stop accepting, let calls in flight finish within this many seconds, write `stop`.
+drain_timeout_s: 10
+# Operational log lines (JSON on stderr, not the audit log): debug, info, warning or error.
+log_level: info
 
 # Request and response limits. Each may be tuned within bounds; none can be switched off.
 limits:

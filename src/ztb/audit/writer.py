@@ -10,7 +10,8 @@ Failure rules (SPEC §4): a failed write keeps its lines queued, in order, and r
 the same file offset, so nothing is lost, duplicated or forked; while writes fail or an entry
 is overdue, `writable` is False and callers refuse calls fast instead of hanging. On open, a
 torn last line is set aside, the chain continues from the last whole entry, and `start` is
-followed by a `recover` entry. It never knows about HTTP.
+followed by a `recover` entry. Segments rotate once a group commit takes one past
+`segment_bytes`; the chain simply continues in the next file. It never knows about HTTP.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -31,9 +33,11 @@ from ztb.audit.entry import VERSION, ZERO_HASH, seal
 from ztb.audit.keys import SigningKey
 from ztb.config.errors import ConfigError
 from ztb.gates.base import Appended
+from ztb.oplog import event
 
 SEGMENT_SUFFIX = ".jsonl"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+log = logging.getLogger("ztb.audit")
 RETRY_DELAY_S = 0.05
 MAX_RETRY_DELAY_S = 1.0
 
@@ -77,12 +81,14 @@ class AuditWriter:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         clock: Callable[[], float] = time.time,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.folder = folder
         self.broker_id = broker_id
         self._key = key
         self._segment_bytes = segment_bytes
         self._clock = clock
+        self._on_batch = on_batch  # (entries, seconds to write and fsync) of each group commit
         self._tail = _find_tail(folder)
         self._fd = -1
         self._pending: list[tuple[int, bytes]] = []
@@ -151,6 +157,11 @@ class AuditWriter:
     def next_seq(self) -> int:
         return self._tail.seq
 
+    @property
+    def segment(self) -> int:
+        """The number of the segment being written."""
+        return self._tail.segment
+
     def append(self, kind: str, fields: dict[str, Any]) -> Appended:
         tail = self._tail
         body: dict[str, Any] = {
@@ -198,19 +209,25 @@ class AuditWriter:
             self._pending = []
             data = b"".join(line for _, line in batch)
             try:
-                await loop.run_in_executor(self._thread, self._write_batch, data)
+                seconds = await loop.run_in_executor(self._thread, self._write_batch, data)
             except OSError as exc:
                 self._pending = batch + self._pending
+                if not self._failing:
+                    event(log, logging.ERROR, "audit_write_failing", folder=str(self.folder), error=str(exc))
                 self._failing = True
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
                 continue
             delay = RETRY_DELAY_S
+            if self._failing:
+                event(log, logging.WARNING, "audit_write_recovered", folder=str(self.folder))
             self._failing = False
             self.last_error = None
             self.batches += 1
             self.batch_sizes_total += len(batch)
+            if self._on_batch is not None:
+                self._on_batch(len(batch), seconds)
             self._durable_seq = batch[-1][0]
             self._release_waiters()
 
@@ -231,8 +248,10 @@ class AuditWriter:
         self._fd = fd
         _fsync_dir(self.folder)
 
-    def _write_batch(self, data: bytes) -> None:
-        """Write at the tail's offset (a retry overwrites a partial write) and fsync once."""
+    def _write_batch(self, data: bytes) -> float:
+        """Write at the tail's offset (a retry overwrites a partial write) and fsync once;
+        returns the seconds it took."""
+        started = time.perf_counter()
         if self._fd < 0:
             self._open_segment()
         tail = self._tail
@@ -241,12 +260,15 @@ class AuditWriter:
         while written < len(data):
             written += os.pwrite(self._fd, view[written:], tail.offset + written)
         os.fsync(self._fd)
+        elapsed = time.perf_counter() - started
         tail.offset += len(data)
         if tail.offset >= self._segment_bytes:
             self._close_fd()
             tail.segment += 1
             tail.offset = 0
             self._open_segment()
+            event(log, logging.INFO, "audit_segment_rotated", segment=segment_name(tail.segment))
+        return elapsed
 
     def _close_fd(self) -> None:
         if self._fd >= 0:

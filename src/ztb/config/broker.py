@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ztb.config.errors import ConfigError, from_validation
+from ztb.oplog import LogLevel
 
 BROKER_FILE = "broker.yaml"
 
@@ -44,6 +45,8 @@ class Audit(_Frozen):
     dir: Path = Path("audit")
     signing_key: Path = Path("keys/audit.key")
     durability_timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 1000
+    # A segment is closed and the next one started once a group commit takes it past this size.
+    segment_bytes: Annotated[int, Field(ge=16 * 1024, le=1024**3)] = 64 * 1024 * 1024
 
 
 class Limits(_Frozen):
@@ -66,6 +69,9 @@ class BrokerConfig(_Frozen):
     token_store: str = "memory"
     admin: Listen = Listen(port=9090)
     limits: Limits = Limits()
+    # SIGTERM: stop accepting, let calls in flight finish within this time, write `stop`, exit 0.
+    drain_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    log_level: LogLevel = "info"  # operational JSON lines on stderr (never the audit log)
     root: Path = Path(".")  # the deployment folder; set by load_broker_config
 
     @field_validator("token_store")

@@ -163,8 +163,9 @@ class Listener:
         if self.server is not None:
             self.server.close()
 
-    async def drain(self, deadline_s: float) -> None:
-        """Close idle connections now, wait for calls in flight to finish, then cancel what is left."""
+    async def drain(self, deadline_s: float) -> int:
+        """Close idle connections now, wait for calls in flight to finish, then cancel what is
+        left; returns how many connections had to be cancelled."""
         self._draining = True
         for writer in list(self._idle.values()):
             writer.transport.abort()  # between requests: nothing is lost
@@ -174,6 +175,8 @@ class Listener:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+            return len(pending)
+        return 0
 
     async def _accept(self, raw: asyncio.Transport) -> None:
         """Run the TLS handshake on the raw connection, then serve it; audit a failed handshake."""
@@ -255,7 +258,7 @@ class Listener:
             reply = await self._broker.handle(call)
         if conn.h11.their_state is h11.SEND_BODY and declared == 0:
             conn.h11.next_event()  # the empty body's EndOfMessage: no I/O needed
-        keep = conn.h11.their_state is h11.DONE
+        keep = conn.h11.their_state is h11.DONE and not self._draining
         await self._send_quietly(conn, reply, close=not keep)
         return keep and conn.h11.our_state is h11.DONE
 
