@@ -23,7 +23,9 @@ class Stack(LocalDeployment):
     def entries(self) -> list[dict[str, Any]]:
         lines: list[dict[str, Any]] = []
         for segment in sorted(self.log_dir.glob("*.jsonl")):
-            lines.extend(json.loads(line) for line in segment.read_bytes().splitlines())
+            data = segment.read_bytes()
+            whole = data[: data.rfind(b"\n") + 1]  # a line still being written is not read yet
+            lines.extend(json.loads(line) for line in whole.splitlines())
         return lines
 
     def wait_for(self, predicate: Any, timeout: float = 5.0) -> list[dict[str, Any]]:

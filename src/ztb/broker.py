@@ -31,7 +31,7 @@ from ztb.gates.egress import EgressGate
 from ztb.gates.identity import IdentityGate
 from ztb.gates.pipeline import Pipeline
 from ztb.gates.record import caller_fields
-from ztb.gates.scope import ScopeGate, mint_request
+from ztb.gates.scope import ScopeGate, grant, parse_mint_request
 from ztb.gates.shape import ShapeGate
 from ztb.gates.target import lookup
 from ztb.metrics import Metrics
@@ -248,10 +248,12 @@ class Broker:
             "upstream": None,
             "scope": None,
         }
-        decided = Deny(Reason.UNKNOWN_SPKI) if identity is None else mint_request(registry, identity, body)
+        asked = parse_mint_request(body)
+        if isinstance(asked, tuple):  # recorded as asked, granted or not
+            fields["upstream"], fields["scope"] = asked
+        decided = Deny(Reason.UNKNOWN_SPKI) if identity is None else grant(registry, identity, asked)
         issued: tuple[str, str] | None = None
         if identity is not None and isinstance(decided, tuple):
-            fields["upstream"], fields["scope"] = decided
             issued = await self._issue(identity, decided[0], decided[1], peer.thumbprint, now, "mint")
             if issued is None:
                 decided = Deny(Reason.TOKEN_STORE_UNAVAILABLE)

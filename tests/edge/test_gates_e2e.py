@@ -535,11 +535,6 @@ def test_mint_not_granted(stack: Stack, reports: Caller, upstream: str, scope: s
     assert "id" not in entry
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product gap: a refused mint's `token` entry records upstream and scope as null, "
-    "not what the caller asked for (SPEC section 4: token entries carry upstream and scope)",
-)
 def test_refused_mint_records_what_was_asked(stack: Stack, reports: Caller) -> None:
     response = mint_raw(reports, json.dumps({"upstream": UPSTREAM, "scope": WRITE}).encode())
     call_id = error_of(response, 403, "scope", "not_granted")
