@@ -17,7 +17,7 @@ from ztb import __version__
 from ztb.audit.keys import SigningKey
 from ztb.audit.writer import AuditWriter
 from ztb.broker import Broker
-from ztb.config import BrokerConfig, ConfigError, load_broker_config, load_registry
+from ztb.config import BrokerConfig, ConfigError, Registry, load_broker_config, load_registry
 from ztb.edge.admin import AdminPlane
 from ztb.edge.listener import Listener
 from ztb.edge.tls import server_context
@@ -33,6 +33,12 @@ def make_store(config: BrokerConfig) -> TokenStore:
     raise ConfigError(
         f"{config.root / 'broker.yaml'}: token_store: the Redis store is not available in this build"
     )
+
+
+def registry_entry(registry: Registry) -> dict[str, object]:
+    """The fields of a `registry` entry: the registry's SHA-256 and who approved it."""
+    assert registry.approval is not None, "load_registry always records the approval"
+    return {"registry_sha256": registry.sha256, **registry.approval.audit_fields()}
 
 
 @dataclass
@@ -66,7 +72,7 @@ class RunningBroker:
             ) from None
         writer = AuditWriter(config.path(config.audit.dir) / config.broker_id, config.broker_id, key)
         await writer.open(version=__version__, registry_sha256=registry.sha256)
-        writer.append("registry", {"registry_sha256": registry.sha256, "approvers": None})
+        writer.append("registry", registry_entry(registry))
         store = make_store(config)
         pool = UpstreamPool(
             config.path(config.egress.cert),
