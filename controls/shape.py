@@ -73,12 +73,6 @@ def probe(c: Control) -> None:
                 "application/json",
                 (400, "schema_violation"),
             ),
-            (
-                "a body over the route's size cap",
-                b'{"note": "' + b"x" * 70000 + b'"}',
-                "application/json",
-                (413, "body_too_large"),
-            ),
             ("a body that is not JSON by content type", order, "text/plain", (415, "unsupported_media_type")),
             (
                 "JSON with a duplicate key",
@@ -96,6 +90,21 @@ def probe(c: Control) -> None:
                 {"Authorization": f"Bearer {token}", "Content-Type": content_type},
             )
             c.refused(name, response, "shape", reason, status=status, received_before=before)
+        token = checkout.mint(UP, "orders:create")
+        before = len(upstream.received)
+        head = (
+            f"POST /{UP}{CREATE} HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n"
+        )
+        response = ctx.send_head("svc.checkout", head.encode())
+        c.refused(
+            "a body over the route's size cap (1 MiB announced)",
+            response,
+            "shape",
+            "body_too_large",
+            status=413,
+            received_before=before,
+        )
         token = checkout.mint(UP, "orders:create")
         before = len(upstream.received)
         response = checkout.request(

@@ -152,6 +152,17 @@ def load_approvers(deployment: Path) -> Approvers:
     return Approvers(spec.threshold, by_kid)
 
 
+def key_files(deployment: Path) -> list[str]:
+    """The approver key files approvers.yaml names (relative paths inside the deployment), for
+    tools that copy a registry with its approvals; inline hex keys need no file."""
+    spec = _ApproversSpec.model_validate(read_yaml_mapping(deployment / APPROVERS_FILE))
+    return [
+        a.key
+        for a in spec.approvers
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", a.key) and not Path(a.key).is_absolute() and ".." not in Path(a.key).parts
+    ]
+
+
 def read_signatures(path: Path) -> tuple[SignatureLine, ...]:
     """The lines of registry.sig; an absent file is no signatures. ConfigError for a bad line."""
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import socket
 import ssl
@@ -167,6 +168,23 @@ class Context:
         if not data:
             return "connection closed (no response)"
         return data.split(b"\r\n", 1)[0].decode("latin-1")
+
+    def send_head(self, identity: str, head: bytes) -> Response:
+        """Send a request head alone (its body announced, never sent) as `identity` and read the
+        answer: for refusals the broker decides before any body arrives, without a write race."""
+        host, port = self.url.removeprefix("https://").rsplit(":", 1)
+        folder = self.root / "callers" / identity
+        ctx = client_context(folder / "cert.pem", folder / "key.pem", self.ca)
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            tls.sendall(head)
+            response = http.client.HTTPResponse(tls)
+            response.begin()
+            return Response(
+                response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            )
 
     # -- the audit log -------------------------------------------------------------------------
 
