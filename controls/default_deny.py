@@ -6,27 +6,39 @@ pinned to. Each refusal is checked in the answer, in the audit log, and at the u
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
 from ztb import pki
 from ztb.client import Caller
+from ztb.config.registry import REGISTRY_FILE, read_spec
 from ztb.evidence.controls import SAMPLE_UPSTREAM as UP
-from ztb.evidence.controls import Check, Control
+from ztb.evidence.controls import Check, Context, Control
+
+
+def ungranted(ctx: Context) -> tuple[str, str]:
+    """A sample caller and a scope of the upstream's routes it is not granted in registry.yaml
+    (or a scope no route has, which no one can be granted)."""
+    spec = read_spec(ctx.root / REGISTRY_FILE)
+    scopes = sorted({r.scope for r in spec.routes if r.upstream == UP})
+    for identity in ("svc.reports", "svc.checkout"):
+        granted = set(spec.grants.get(identity, {}).get(UP, []))
+        for scope in scopes:
+            if scope not in granted:
+                return identity, scope
+    return "svc.reports", "orders:ztb-control-no-such-scope"
 
 
 def probe(c: Control) -> None:
     ctx = c.ctx
     with ctx.run_upstream() as upstream:
-        reports, checkout = ctx.caller("svc.reports"), ctx.caller("svc.checkout")
-        mint = reports.request(
-            "POST",
-            "/.ztb/token",
-            b'{"upstream": "%s", "scope": "orders:create"}' % UP.encode(),
-            {"Content-Type": "application/json"},
-        )
+        identity, scope = ungranted(ctx)
+        asking, checkout = ctx.caller(identity), ctx.caller("svc.checkout")
+        body = json.dumps({"upstream": UP, "scope": scope}).encode()
+        mint = asking.request("POST", "/.ztb/token", body, {"Content-Type": "application/json"})
         c.refused(
-            "svc.reports asks for a token for orders:create (not granted)",
+            f"{identity} asks for a token for {scope} on {UP} (not granted)",
             mint,
             "scope",
             "not_granted",
@@ -77,7 +89,7 @@ def probe(c: Control) -> None:
                 received_before=before,
             )
             outsider.close()
-        reports.close()
+        asking.close()
         checkout.close()
 
 

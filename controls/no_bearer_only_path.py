@@ -23,7 +23,7 @@ def probe(c: Control) -> None:
                 "svc.checkout's valid token, presented without a certificate",
                 "no HTTP answer (TLS refused or closed)",
                 got,
-                not got.startswith("HTTP"),
+                ctx.refused_without_answer(got),
             )
         )
         before = len(upstream.received)

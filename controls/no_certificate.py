@@ -38,7 +38,7 @@ def probe(c: Control) -> None:
                         f"{who}, {where}",
                         "no HTTP answer (TLS refused or closed)",
                         got,
-                        not got.startswith("HTTP"),
+                        ctx.refused_without_answer(got),
                     )
                 )
         for reason in ("no_client_certificate", "untrusted_certificate"):

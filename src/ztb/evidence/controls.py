@@ -151,14 +151,16 @@ class Context:
 
     def tls_attempt(self, cert: Path | None, key: Path | None, request: bytes) -> str:
         """Send `request` over a TLS connection with this client certificate (or none), and say
-        what came back: 'HTTP <status>' or how the connection was refused."""
+        what came back: the status line, how the connection was refused, or that there was no
+        broker to connect to. `refused_without_answer` tells a refusal from the rest."""
         host, port = self.url.removeprefix("https://").rsplit(":", 1)
         ctx = client_context(cert, key, self.ca)
         try:
-            with (
-                socket.create_connection((host, int(port)), timeout=5) as raw,
-                ctx.wrap_socket(raw, server_hostname=host) as tls,
-            ):
+            raw = socket.create_connection((host, int(port)), timeout=5)
+        except OSError as exc:  # no broker there: nothing was refused, nothing is proved
+            return f"cannot connect to the broker ({exc.__class__.__name__})"
+        try:
+            with raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
                 tls.sendall(request)
                 data = tls.recv(4096)
         except ssl.SSLError as exc:
@@ -185,6 +187,10 @@ class Context:
             return Response(
                 response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
             )
+
+    @staticmethod
+    def refused_without_answer(got: str) -> bool:
+        return got.startswith(("TLS refused", "connection closed"))
 
     # -- the audit log -------------------------------------------------------------------------
 
