@@ -15,7 +15,7 @@ import pytest
 from stack import UPSTREAM, Stack
 from ztb.client import EgressFailed
 from ztb.config import ConfigError, load_broker_config
-from ztb.deploy import init_deployment, sample_order
+from ztb.deploy import init_deployment, sample_order, sign_registry_with_dev_keys
 
 PROGRAM = """
 import logging
@@ -84,6 +84,7 @@ def test_a_reload_that_changes_an_upstream_pin_is_never_served_by_an_old_connect
         pin = re.search(r'    spki: \["(sha256:[0-9a-f]{64})"\]', text)
         assert pin is not None
         path.write_text(text.replace(pin.group(1), "sha256:" + "ab" * 32))
+        sign_registry_with_dev_keys(fresh_stack.root)
         assert fresh_stack.broker is not None
         result = fresh_stack.loop.run(fresh_stack.broker.reload())
         assert result.applied

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from served import UPSTREAM, Served, ztb
+from ztb.audit.keys import SigningKey
 from ztb.client import BrokerError, BrokerUnavailable, ScopeRefused
-from ztb.deploy import sample_order
+from ztb.config.approvals import sign
+from ztb.deploy import APPROVERS_DIR, DEV_APPROVERS, sample_order, sign_registry_with_dev_keys
 from ztb.sample.upstream import ReceivedRequest
 
 CREATE = "/v1/orders/create"
@@ -133,6 +135,7 @@ def _revoke_reports_grant(root: Path) -> None:
     line = f"  svc.reports:  {{{UPSTREAM}: [orders:read]}}\n"
     assert line in text
     path.write_text(text.replace(line, ""))
+    sign_registry_with_dev_keys(root)
 
 
 def test_reload_under_load_changes_decisions_for_new_calls_only(served: Served) -> None:
@@ -182,6 +185,7 @@ def test_invalid_registry_is_refused_whole_and_the_old_one_keeps_serving(served:
     path = served.root / "registry.yaml"
     good = path.read_text()
     path.write_text(good.replace("scope: orders:read", "scope: not a scope", 1))
+    approve_as_is(served.root)  # approved, so what is refused is the registry itself
 
     done = ztb("reload", str(served.root))
 
@@ -212,3 +216,10 @@ def test_one_broker_per_deployment_and_reload_needs_a_running_broker(served: Ser
     assert not (served.root / "run" / "broker.json").exists()
     done = ztb("reload", str(served.root))
     assert done.returncode == 1 and "no broker is serving" in done.stderr
+
+
+def approve_as_is(root: Path) -> None:
+    """Both development approvers sign registry.yaml's bytes without validating them first."""
+    data = (root / "registry.yaml").read_bytes()
+    for name in DEV_APPROVERS:
+        sign(root, data, SigningKey.load(root / APPROVERS_DIR / f"{name}.key"))

@@ -332,7 +332,9 @@ class Broker:
     def announce_registry(self, previous: Registry | None) -> None:
         """The `registry` entry for the registry in force (after start, or a reload)."""
         registry = self.registry
-        fields: dict[str, Any] = {"registry_sha256": registry.sha256, "approvers": None}
+        fields: dict[str, Any] = {"registry_sha256": registry.sha256}
+        if registry.approval is not None:  # always set for a registry loaded from a deployment
+            fields.update(registry.approval.audit_fields())
         if previous is not None:
             fields["previous_sha256"] = previous.sha256
         self.audit.append("registry", fields)

@@ -66,6 +66,7 @@ class ReloadResult:
         }
 
 
+
 @dataclass
 class RunningBroker:
     config: BrokerConfig

@@ -32,7 +32,7 @@ from stack import UPSTREAM, Stack
 from ztb import pki
 from ztb.client import Caller, Response, client_context
 from ztb.config import load_registry
-from ztb.deploy import sample_order
+from ztb.deploy import sample_order, sign_registry_with_dev_keys
 from ztb.tokens.format import new_token, token_hash, token_id
 
 CHECKOUT = "svc.checkout"
@@ -168,6 +168,8 @@ def edit_yaml(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
 def restarted(stack: Stack, file: str, change: Callable[[dict[str, Any]], None]) -> Stack:
     stack.stop_broker()
     edit_yaml(stack.root / file, change)
+    if file == "registry.yaml":  # a changed policy needs its approvals again
+        sign_registry_with_dev_keys(stack.root)
     stack.start_broker()
     return stack
 
@@ -476,6 +478,7 @@ def test_grant_revoked_after_mint_is_refused(fresh_stack: Stack) -> None:
     try:
         token = caller.mint(UPSTREAM, READ)
         edit_yaml(fresh_stack.root / "registry.yaml", lambda r: r["grants"].pop(REPORTS))
+        sign_registry_with_dev_keys(fresh_stack.root)
         assert fresh_stack.broker is not None
         # what a registry reload does: the broker takes the new registry for the calls that follow
         fresh_stack.broker.broker.registry = load_registry(fresh_stack.root)

@@ -30,6 +30,10 @@ def init(directory: Path, broker_port: int, admin_port: int, upstream_port: int)
     click.echo("  upstreams/           certificate of the sample upstream orders.api.internal")
     click.echo("  broker.yaml          listener, TLS, audit and limits")
     click.echo("  registry.yaml        identities, upstreams, routes, grants, schemas")
+    click.echo(
+        "  approvers.yaml       two development approvers, both needed (M = 2); registry.sig: their approvals"
+    )
+    click.echo("  approvers/           the approvers' keys (private keys on disk: development only)")
     click.echo(f"Broker on https://127.0.0.1:{broker_port}, admin on http://127.0.0.1:{admin_port}.")
     click.echo(f"Next: ztb serve {directory}")
 

@@ -101,6 +101,11 @@ def read_yaml_mapping(path: Path) -> dict[str, object]:
         raise ConfigError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return yaml_mapping(path, text)
+
+
+def yaml_mapping(path: Path, text: str) -> dict[str, object]:
+    """The YAML mapping in `text` (read from `path`, named in errors)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
