@@ -172,6 +172,10 @@ class Listener:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._broker.audit.saturated:
+            # The log cannot take more: shed the connection before it costs an entry (SPEC §4
+            # fail closed; docs/audit-faults.md bounds memory this way).
+            return
         peername = writer.get_extra_info("peername")
         addr = str(peername[0]) if peername else "unknown"
         try:
@@ -223,7 +227,7 @@ class Listener:
             reply = await self._broker.handle(call)
         if conn.h11.their_state is h11.SEND_BODY and declared == 0:
             conn.h11.next_event()  # the empty body's EndOfMessage: no I/O needed
-        keep = conn.h11.their_state is h11.DONE
+        keep = conn.h11.their_state is h11.DONE and not self._broker.audit.saturated
         await self._send_quietly(conn, reply, close=not keep)
         return keep and conn.h11.our_state is h11.DONE
 
