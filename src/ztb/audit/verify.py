@@ -15,10 +15,10 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -180,25 +180,26 @@ class _Facts:
     decision: object = None
 
 
-# Strings of a line without backslashes (so without escapes or embedded quotes).
-_STRING = re.compile(rb'"[^"]*"')
-# Outside strings: a float, or an integer long enough to leave the I-JSON range.
-_FLOAT_OR_LONG_INT = re.compile(rb"\d[.eE]|\d{16}")
+_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER  # integers beyond ±(2**53-1) refused
 
 
 def _quick_canonical(data: bytes) -> tuple[dict[str, object], bytes] | None:
     """(entry, canonical body) when the line is canonical by a quick test, else None (then the
     full RFC 8785 check decides). Exact where it answers: for printable ASCII without escapes,
     integers within ±(2**53-1) and no floats, orjson's sorted compact form is the JCS form."""
-    if not data.isascii() or b"\\" in data or _FLOAT_OR_LONG_INT.search(_STRING.sub(b"", data)):
+    if not data.isascii() or b"\\" in data:
+        return None
+    # Without escapes every '"' opens or closes a string; outside them a float needs . e or E.
+    skeleton = b"".join(data.split(b'"')[::2]).replace(b"true", b"").replace(b"false", b"")
+    if b"." in skeleton or b"e" in skeleton or b"E" in skeleton:
         return None
     try:
         entry = orjson.loads(data)
-    except orjson.JSONDecodeError:
+        if not isinstance(entry, dict) or orjson.dumps(entry, option=_SORTED) != data:
+            return None
+        return entry, orjson.dumps(body_of(entry), option=_SORTED)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
-    if not isinstance(entry, dict) or orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) != data:
-        return None
-    return entry, orjson.dumps(body_of(entry), option=orjson.OPT_SORT_KEYS)
 
 
 def _line_facts(data: bytes, terminated: bool, trusted_keys: dict[str, bytes]) -> _Facts:
@@ -363,12 +364,17 @@ def _verify_log(
         except OSError as exc:
             raise LogReadError(f"{segment}: cannot read: {exc.strerror or exc}") from None
     torn: TornTail | None
-    if pool.count > 1 and size >= PARALLEL_FROM_BYTES:
-        placed, torn_of = _parallel_facts(segments, trusted_keys, pool.executor())
-        check = _LogCheck(placed)
-        first_break = check.first_break()
-        torn = torn_of()
-    else:
+    parallel = pool.count > 1 and size >= PARALLEL_FROM_BYTES
+    if parallel:
+        try:
+            placed, torn_of = _parallel_facts(segments, trusted_keys, pool.executor())
+            check = _LogCheck(placed)
+            first_break = check.first_break()
+            torn = torn_of()
+        except BrokenProcessPool:  # e.g. a calling script that spawned workers cannot import
+            pool.count = 1
+            parallel = False
+    if not parallel:
         lines, torn = read_lines(segments)
         check = _LogCheck(
             _Placed(line.segment, line.number, _line_facts(line.data, line.terminated, trusted_keys))
