@@ -73,13 +73,17 @@ def body_of(entry: Mapping[str, object]) -> dict[str, object]:
     return {name: value for name, value in entry.items() if name not in ("hash", "sig")}
 
 
-def check_seal(entry: Mapping[str, object], public_raw: bytes) -> str | None:
-    """Why the entry's `hash` or `sig` does not hold under `public_raw`, or None when both do."""
+def check_seal(
+    entry: Mapping[str, object], public_raw: bytes, canonical_body: bytes | None = None
+) -> str | None:
+    """Why the entry's `hash` or `sig` does not hold under `public_raw`, or None when both do.
+
+    `canonical_body`, when the caller already has it, is the JCS form of `body_of(entry)`."""
     stated = entry.get("hash")
     if not isinstance(stated, str):
         return "hash missing or not a string"
     try:
-        recomputed = leaf_hash(canonicalize(body_of(entry)))
+        recomputed = leaf_hash(canonical_body if canonical_body is not None else canonicalize(body_of(entry)))
     except ValueError as exc:
         return f"body cannot be canonicalized: {exc}"
     if stated != recomputed:

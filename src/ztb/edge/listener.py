@@ -180,6 +180,11 @@ class Listener:
 
     async def _accept(self, raw: asyncio.Transport) -> None:
         """Run the TLS handshake on the raw connection, then serve it; audit a failed handshake."""
+        if self._broker.audit.saturated:
+            # The log cannot take more: shed the connection before it costs an entry (SPEC §4
+            # fail closed; docs/audit-faults.md bounds memory this way).
+            raw.abort()
+            return
         peername = raw.get_extra_info("peername")
         addr = str(peername[0]) if peername else "unknown"
         loop = asyncio.get_running_loop()
@@ -187,7 +192,11 @@ class Listener:
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
             transport = await loop.start_tls(
-                raw, protocol, self._ssl, server_side=True, ssl_handshake_timeout=self._limits.header_timeout_s
+                raw,
+                protocol,
+                self._ssl,
+                server_side=True,
+                ssl_handshake_timeout=self._limits.header_timeout_s,
             )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
             raw.abort()
@@ -258,7 +267,7 @@ class Listener:
             reply = await self._broker.handle(call)
         if conn.h11.their_state is h11.SEND_BODY and declared == 0:
             conn.h11.next_event()  # the empty body's EndOfMessage: no I/O needed
-        keep = conn.h11.their_state is h11.DONE and not self._draining
+        keep = conn.h11.their_state is h11.DONE and not self._draining and not self._broker.audit.saturated
         await self._send_quietly(conn, reply, close=not keep)
         return keep and conn.h11.our_state is h11.DONE
 

@@ -36,6 +36,10 @@ class AuditLog(Protocol):
     def writable(self) -> bool:
         """False while writes are failing or an entry is overdue: the broker is then not ready."""
 
+    @property
+    def saturated(self) -> bool:
+        """True while more is waiting for the disk than the writer's bound: take no new work."""
+
 
 @dataclass(frozen=True, slots=True)
 class Deny:
