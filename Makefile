@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck bench clean
+.PHONY: demo test install lint typecheck bench bench-verify bench-writer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,14 +21,21 @@ test: $(STAMP)
 	$(BIN)/pytest -n 2 -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench controls
+	$(BIN)/ruff format --check src tests bench controls
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict controls
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+bench-verify: $(STAMP)
+	$(BIN)/python -m bench.verify_bench
+
+bench-writer: $(STAMP)
+	$(BIN)/python -m bench.writer_bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

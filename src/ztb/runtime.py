@@ -66,7 +66,6 @@ class ReloadResult:
         }
 
 
-
 @dataclass
 class RunningBroker:
     config: BrokerConfig

@@ -159,7 +159,9 @@ def key_files(deployment: Path) -> list[str]:
     return [
         a.key
         for a in spec.approvers
-        if not re.fullmatch(r"[0-9a-fA-F]{64}", a.key) and not Path(a.key).is_absolute() and ".." not in Path(a.key).parts
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", a.key)
+        and not Path(a.key).is_absolute()
+        and ".." not in Path(a.key).parts
     ]
 
 

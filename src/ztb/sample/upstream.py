@@ -158,7 +158,9 @@ async def _serve_deployment(root: Path) -> None:
 
     upstream = load_registry(root).upstreams["orders.api.internal"]
     folder = root / "upstreams" / "orders.api.internal"
-    server = SampleUpstream(folder / "cert.pem", folder / "key.pem", root / "ca" / "ca.pem", port=upstream.port)
+    server = SampleUpstream(
+        folder / "cert.pem", folder / "key.pem", root / "ca" / "ca.pem", port=upstream.port
+    )
     port = await server.start()
     print(f"sample upstream orders.api.internal on https://127.0.0.1:{port} (mTLS)", flush=True)
     try:
