@@ -18,26 +18,37 @@ from ztb.audit.keys import SigningKey
 from ztb.audit.writer import AuditWriter
 from ztb.broker import Broker
 from ztb.config import BrokerConfig, ConfigError, load_broker_config, load_registry
+from ztb.config.broker import BROKER_FILE
 from ztb.edge.admin import AdminPlane
 from ztb.edge.listener import Listener
 from ztb.edge.tls import server_context
 from ztb.edge.upstream import UpstreamPool
 from ztb.metrics import Metrics
 from ztb.tokens.memory import MemoryTokenStore
+from ztb.tokens.redis import RedisTokenStore, UnsafeRedis
 from ztb.tokens.store import TokenStore
 
 
-def make_store(config: BrokerConfig) -> TokenStore:
+async def open_store(config: BrokerConfig) -> TokenStore:
+    """The configured token store. A Redis server that is down is not an error here (calls are
+    refused until it answers); one whose persistence could bring back consumed tokens is."""
     if config.token_store == "memory":
         return MemoryTokenStore()
-    raise ConfigError(
-        f"{config.root / 'broker.yaml'}: token_store: the Redis store is not available in this build"
+    store = RedisTokenStore(
+        config.token_store, config.deployment, min_replicas=config.token_store_min_replicas
     )
+    try:
+        await store.check_server()
+    except UnsafeRedis as exc:
+        await store.close()
+        raise ConfigError(f"{config.root / BROKER_FILE}: token_store: {exc}") from None
+    return store
 
 
 @dataclass
 class RunningBroker:
     config: BrokerConfig
+    broker_id: str  # config.broker_id, suffixed with the worker number when there are several
     broker: Broker
     writer: AuditWriter
     listener: Listener
@@ -48,9 +59,17 @@ class RunningBroker:
 
     @classmethod
     async def start(
-        cls, deployment: Path, *, port: int | None = None, admin_port: int | None = None
+        cls, deployment: Path, *, port: int | None = None, admin_port: int | None = None, worker: int = 0
     ) -> RunningBroker:
+        """Start the broker of `deployment`; with `workers` > 1 in its broker.yaml, worker number
+        `worker` of them: broker id `<broker_id>-<worker>`, admin port + `worker`, and a data
+        port shared with the other workers (SO_REUSEPORT)."""
         config = load_broker_config(deployment)
+        if not 0 <= worker < config.workers:
+            raise ConfigError(f"{deployment / BROKER_FILE}: workers: no worker {worker} of {config.workers}")
+        broker_id = config.worker_id(worker)
+        if admin_port is None:
+            admin_port = config.admin.port + worker if config.admin.port else 0
         registry = load_registry(deployment)
         key = SigningKey.load(config.path(config.audit.signing_key))
         try:
@@ -64,10 +83,10 @@ class RunningBroker:
             raise ConfigError(
                 f"{config.root / 'broker.yaml'}: tls: cannot load certificates: {exc}"
             ) from None
-        writer = AuditWriter(config.path(config.audit.dir) / config.broker_id, config.broker_id, key)
+        writer = AuditWriter(config.path(config.audit.dir) / broker_id, broker_id, key)
         await writer.open(version=__version__, registry_sha256=registry.sha256)
         writer.append("registry", {"registry_sha256": registry.sha256, "approvers": None})
-        store = make_store(config)
+        store = await open_store(config)
         pool = UpstreamPool(
             config.path(config.egress.cert),
             config.path(config.egress.key),
@@ -77,7 +96,9 @@ class RunningBroker:
         metrics = Metrics()
         broker = Broker(config, registry, store, writer, pool, metrics)
         listener = Listener(broker, ssl_context, config.limits)
-        bound = await listener.start(config.listen.host, config.listen.port if port is None else port)
+        bound = await listener.start(
+            config.listen.host, config.listen.port if port is None else port, reuse_port=config.workers > 1
+        )
 
         async def readiness() -> dict[str, bool]:
             try:
@@ -93,10 +114,8 @@ class RunningBroker:
 
         metrics.registry_info.labels(registry.sha256).set(1)
         admin = AdminPlane(readiness, render)
-        admin_bound = await admin.start(
-            config.admin.host, config.admin.port if admin_port is None else admin_port
-        )
-        return cls(config, broker, writer, listener, admin, metrics, bound, admin_bound)
+        admin_bound = await admin.start(config.admin.host, admin_port)
+        return cls(config, broker_id, broker, writer, listener, admin, metrics, bound, admin_bound)
 
     async def stop(self, drain_s: float = 10.0) -> None:
         await self.listener.stop_accepting()
@@ -107,10 +126,10 @@ class RunningBroker:
         await self.writer.close()
 
 
-async def serve_forever(deployment: Path) -> None:
-    running = await RunningBroker.start(deployment)
+async def serve_forever(deployment: Path, *, worker: int = 0, port: int | None = None) -> None:
+    running = await RunningBroker.start(deployment, worker=worker, port=port)
     print(
-        f"ztb: broker {running.config.broker_id} serving https://{running.config.listen.host}:{running.port} "
+        f"ztb: broker {running.broker_id} serving https://{running.config.listen.host}:{running.port} "
         f"(admin http://{running.config.admin.host}:{running.admin_port})",
         flush=True,
     )

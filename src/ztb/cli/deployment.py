@@ -35,11 +35,18 @@ def init(directory: Path, broker_port: int, admin_port: int, upstream_port: int)
 @click.command("serve")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
 def serve(directory: Path) -> None:
-    """Run the broker of the deployment in DIRECTORY until SIGTERM or Ctrl-C."""
+    """Run the broker of the deployment in DIRECTORY until SIGTERM or Ctrl-C.
+
+    With `workers: N` (N > 1) in broker.yaml, runs N broker processes on the one data port.
+    """
     import asyncio
 
+    from ztb.config import load_broker_config
     from ztb.runtime import serve_forever
+    from ztb.workers import supervise
 
+    if load_broker_config(directory).workers > 1:
+        sys.exit(supervise(directory))
     asyncio.run(serve_forever(directory))
 
 

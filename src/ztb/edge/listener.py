@@ -135,8 +135,12 @@ class Listener:
         self._draining = False
         self.server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._accept, host, port, limit=READ_CHUNK, backlog=1024)
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on host:port; with `reuse_port`, beside the other worker processes of this
+        deployment on the same port (SO_REUSEPORT: the kernel spreads connections among them)."""
+        self.server = await asyncio.start_server(
+            self._accept, host, port, limit=READ_CHUNK, backlog=1024, reuse_port=reuse_port
+        )
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop_accepting(self) -> None:

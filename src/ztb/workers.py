@@ -1,0 +1,121 @@
+"""Several broker processes on one host: a supervisor and its workers (`workers: N` in broker.yaml).
+
+The supervisor checks the deployment once, settles the data port (a fixed one, or a free one
+when the configuration says 0), starts N worker processes and then only watches them: it
+forwards SIGTERM/SIGINT, and when any worker ends it stops the others and exits, so a service
+manager sees one unit that is either whole or gone. It never serves a request and never opens
+the audit log or the token store.
+
+Each worker is a whole broker (`RunningBroker`) with its own audit log, as broker
+`<broker_id>-<n>`, its own admin port (admin port + n) and its own listening socket on the shared
+data port (SO_REUSEPORT, so the kernel spreads connections among the workers). Tokens are shared
+through Redis, which the configuration requires when workers > 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from ztb.config import ConfigError, load_broker_config, load_registry
+
+STOP_GRACE_S = 15.0  # a worker drains for up to 10 s; past this it is killed
+
+
+def supervise(deployment: Path) -> int:
+    """Run the workers of `deployment` until a signal or until one of them ends; the exit code."""
+    config = load_broker_config(deployment)
+    load_registry(deployment)  # a bad registry is refused once, here, not N times
+    with _reserve(config.listen.host, config.listen.port) as reserved:
+        port = int(reserved.getsockname()[1])
+        workers = [
+            # Our own interpreter and module with our own arguments: no shell, no outside input.
+            subprocess.Popen([sys.executable, "-m", "ztb.workers", str(deployment), str(n), str(port)])  # noqa: S603
+            for n in range(config.workers)
+        ]
+        print(
+            f"ztb: supervisor started {config.workers} workers of {config.broker_id} on "
+            f"https://{config.listen.host}:{port}",
+            flush=True,
+        )
+        stopping = False
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+            _signal_all(workers)
+
+        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while all(worker.poll() is None for worker in workers):
+                time.sleep(0.1)
+            _signal_all(workers)
+            codes = [_wait_or_kill(worker) for worker in workers]
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    failed = [code for code in codes if code != 0]
+    if stopping and not failed:
+        print("ztb: all workers stopped", flush=True)
+        return 0
+    print(
+        f"ztb: error: a worker ended (exit codes {codes}); all workers stopped", file=sys.stderr, flush=True
+    )
+    return 1
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """A socket bound (not listening) to the data port with SO_REUSEPORT, held while the workers
+    run: it fixes the port when the configuration says 0, and receives no connections."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"listen: cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _signal_all(workers: list[subprocess.Popen[bytes]]) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+
+
+def _wait_or_kill(worker: subprocess.Popen[bytes]) -> int:
+    try:
+        return worker.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        return worker.wait()
+
+
+def _worker(deployment: Path, worker: int, port: int) -> int:
+    from ztb.runtime import serve_forever
+
+    try:
+        asyncio.run(serve_forever(deployment, worker=worker, port=port))
+    except ConfigError as exc:
+        print(f"ztb: error: worker {worker}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:
+        print(f"ztb: error: worker {worker}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(_worker(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
