@@ -9,13 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import redis
-from redis_server import RedisServer, namespace
 
+from redis_server import RedisServer, namespace
 from ztb.tokens.format import new_token, token_hash
 from ztb.tokens.memory import GRACE_S, MemoryTokenStore
 from ztb.tokens.redis import RedisTokenStore, UnsafeRedis
@@ -30,14 +29,10 @@ def _record(expires_in: float = 60) -> TokenRecord:
     )
 
 
-def _run(coro_fn: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(coro_fn())  # type: ignore[arg-type]
-
-
 def _keys(url: str, space: str) -> dict[bytes, bytes]:
     client = redis.Redis.from_url(url)
     try:
-        return {key: client.get(key) for key in client.scan_iter(f"ztb:{space}:*")}  # type: ignore[misc]
+        return {key: client.get(key) for key in client.scan_iter(f"ztb:{space}:*")}
     finally:
         client.close()
 
@@ -67,7 +62,7 @@ def test_same_answers_as_the_memory_store(redis_url: str) -> None:
         finally:
             await store.close()
 
-    _run(scenario)
+    asyncio.run(scenario())
 
 
 def test_keys_hold_only_hashes_and_expire_with_the_token(redis_url: str) -> None:
@@ -85,7 +80,7 @@ def test_keys_hold_only_hashes_and_expire_with_the_token(redis_url: str) -> None
         finally:
             await store.close()
 
-    _run(scenario)
+    asyncio.run(scenario())
     keys = _keys(redis_url, space)
     assert list(keys) == [f"ztb:{space}:t:{digest.hex()}".encode()]
     assert keys[f"ztb:{space}:t:{digest.hex()}".encode()] == b"c"  # consumed marker, no record left
@@ -96,7 +91,7 @@ def test_keys_hold_only_hashes_and_expire_with_the_token(redis_url: str) -> None
     finally:
         client.close()
     # Remembered until expiry + grace, then Redis forgets it (the key carries a TTL).
-    assert (30 + GRACE_S - 2) * 1000 < ttl_ms <= (30 + GRACE_S) * 1000  # type: ignore[operator]
+    assert (30 + GRACE_S - 2) * 1000 < ttl_ms <= (30 + GRACE_S) * 1000
     assert token.encode() not in b"".join(keys) + b"".join(keys.values())
 
 
@@ -111,7 +106,7 @@ def test_a_live_record_never_holds_the_token(redis_url: str) -> None:
         finally:
             await store.close()
 
-    _run(scenario)
+    asyncio.run(scenario())
     keys = _keys(redis_url, space)
     redis.Redis.from_url(redis_url).delete(*keys)
     assert len(keys) == 1
@@ -148,7 +143,7 @@ def test_many_processes_race_for_one_token_and_exactly_one_wins(redis_url: str) 
         finally:
             await store.close()
 
-    _run(mint)
+    asyncio.run(mint())
     racers = [
         subprocess.Popen(
             [sys.executable, "-c", _RACER, redis_url, space, digest.hex()],
@@ -192,7 +187,7 @@ def test_an_unreachable_store_is_refused_fast_and_found_again(own_redis: RedisSe
         finally:
             await store.close()
 
-    _run(scenario)
+    asyncio.run(scenario())
 
 
 def test_a_stalled_store_is_refused_in_bounded_time_and_the_take_still_counts(
@@ -215,7 +210,7 @@ def test_a_stalled_store_is_refused_in_bounded_time_and_the_take_still_counts(
         finally:
             await store.close()
 
-    _run(scenario)
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize(
@@ -242,7 +237,7 @@ def test_persistence_that_could_restore_consumed_tokens_is_refused(
             await store.close()
 
     try:
-        _run(scenario)
+        asyncio.run(scenario())
     finally:
         server.stop()
 
@@ -261,7 +256,7 @@ def test_fsync_always_is_accepted(tmp_path: Path) -> None:
             await store.close()
 
     try:
-        _run(scenario)
+        asyncio.run(scenario())
     finally:
         server.stop()
 
@@ -296,7 +291,7 @@ def test_min_replicas_honours_a_take_only_once_a_replica_has_it(tmp_path: Path) 
             await store.close()
 
     try:
-        _run(scenario)
+        asyncio.run(scenario())
     finally:
         replica.stop()
         primary.stop()
