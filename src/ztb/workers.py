@@ -46,23 +46,24 @@ def supervise(deployment: Path) -> int:
             flush=True,
         )
         stopping = False
+        signalled: set[int] = set()
 
         def stop(signum: int, frame: FrameType | None) -> None:
             nonlocal stopping
             stopping = True
-            _signal_all(workers)
+            _signal_all(workers, signalled)
 
         previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             while all(worker.poll() is None for worker in workers):
                 time.sleep(0.1)
-            _signal_all(workers)
+            _signal_all(workers, signalled)
             codes = [_wait_or_kill(worker) for worker in workers]
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    failed = [code for code in codes if code != 0]
-    if stopping and not failed:
+    # A worker asked to stop before it could handle the signal ends by it: that is a clean stop too.
+    if stopping and all(code in (0, -signal.SIGTERM) for code in codes):
         print("ztb: all workers stopped", flush=True)
         return 0
     print(
@@ -88,9 +89,12 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _signal_all(workers: list[subprocess.Popen[bytes]]) -> None:
+def _signal_all(workers: list[subprocess.Popen[bytes]], signalled: set[int]) -> None:
+    """SIGTERM to each worker still running, once: a second one could land after the worker put
+    its handler away on its way out, and kill it mid-stop."""
     for worker in workers:
-        if worker.poll() is None:
+        if worker.pid not in signalled and worker.poll() is None:
+            signalled.add(worker.pid)
             worker.send_signal(signal.SIGTERM)
 
 
