@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from ztb import __version__
 from ztb.audit.keys import SigningKey
@@ -128,10 +130,9 @@ class RunningBroker:
 
 async def serve_forever(deployment: Path, *, worker: int = 0, port: int | None = None) -> None:
     running = await RunningBroker.start(deployment, worker=worker, port=port)
-    print(
+    say(
         f"ztb: broker {running.broker_id} serving https://{running.config.listen.host}:{running.port} "
-        f"(admin http://{running.config.admin.host}:{running.admin_port})",
-        flush=True,
+        f"(admin http://{running.config.admin.host}:{running.admin_port})"
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -144,4 +145,12 @@ async def serve_forever(deployment: Path, *, worker: int = 0, port: int | None =
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
         await running.stop()
-    print("ztb: stopped", flush=True)
+    say(f"ztb: broker {running.broker_id} stopped")
+
+
+def say(line: str, stream: TextIO | None = None) -> None:
+    """One line in one write, so the lines of workers sharing a terminal or pipe never interleave
+    (print writes the text and the newline apart when Python runs unbuffered)."""
+    out = sys.stdout if stream is None else stream
+    out.write(line + "\n")
+    out.flush()

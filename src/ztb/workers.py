@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from ztb.config import ConfigError, load_broker_config, load_registry
+from ztb.runtime import say
 
 STOP_GRACE_S = 15.0  # a worker drains for up to 10 s; past this it is killed
 
@@ -40,10 +41,9 @@ def supervise(deployment: Path) -> int:
             subprocess.Popen([sys.executable, "-m", "ztb.workers", str(deployment), str(n), str(port)])  # noqa: S603
             for n in range(config.workers)
         ]
-        print(
+        say(
             f"ztb: supervisor started {config.workers} workers of {config.broker_id} on "
-            f"https://{config.listen.host}:{port}",
-            flush=True,
+            f"https://{config.listen.host}:{port}"
         )
         stopping = False
         signalled: set[int] = set()
@@ -64,11 +64,9 @@ def supervise(deployment: Path) -> int:
                 signal.signal(signum, handler)
     # A worker asked to stop before it could handle the signal ends by it: that is a clean stop too.
     if stopping and all(code in (0, -signal.SIGTERM) for code in codes):
-        print("ztb: all workers stopped", flush=True)
+        say("ztb: all workers stopped")
         return 0
-    print(
-        f"ztb: error: a worker ended (exit codes {codes}); all workers stopped", file=sys.stderr, flush=True
-    )
+    say(f"ztb: error: a worker ended (exit codes {codes}); all workers stopped", sys.stderr)
     return 1
 
 
@@ -112,10 +110,10 @@ def _worker(deployment: Path, worker: int, port: int) -> int:
     try:
         asyncio.run(serve_forever(deployment, worker=worker, port=port))
     except ConfigError as exc:
-        print(f"ztb: error: worker {worker}: {exc}", file=sys.stderr, flush=True)
+        say(f"ztb: error: worker {worker}: {exc}", sys.stderr)
         return 1
     except OSError as exc:
-        print(f"ztb: error: worker {worker}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        say(f"ztb: error: worker {worker}: {exc.strerror or exc}", sys.stderr)
         return 1
     return 0
 
