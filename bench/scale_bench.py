@@ -344,8 +344,10 @@ def main() -> None:
         "store",
         "calls/s",
         "broker CPU µs/call",
-        "Redis CPU µs/call",
-        "loader CPU µs/call",
+        "Redis µs/call",
+        "upstream µs/call",
+        "loaders µs/call",
+        "machine busy",
         "refused",
     )
     rows = [header] + [
