@@ -310,7 +310,7 @@ def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per scenario")
-    parser.add_argument("--connections", type=int, default=8, help="connections per load process")
+    parser.add_argument("--connections", type=int, default=32, help="connections per load process")
     parser.add_argument("--loaders", type=int, default=2, help="load-generator processes")
     parser.add_argument(
         "--role", choices=["bench", "load", "upstream"], default="bench", help=argparse.SUPPRESS
