@@ -16,16 +16,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ztb import __version__
 from ztb.audit.keys import SigningKey
 from ztb.audit.writer import AuditWriter
 from ztb.broker import Broker
 from ztb.config import BrokerConfig, ConfigError, load_broker_config, load_registry
+from ztb.config.broker import BROKER_FILE
 from ztb.control import RunFile
 from ztb.edge.admin import AdminPlane
 from ztb.edge.listener import Listener
@@ -34,18 +36,27 @@ from ztb.edge.upstream import UpstreamPool
 from ztb.metrics import Metrics
 from ztb.oplog import configure, event
 from ztb.tokens.memory import MemoryTokenStore
+from ztb.tokens.redis import RedisTokenStore, UnsafeRedis
 from ztb.tokens.store import TokenStore
 
 log = logging.getLogger("ztb.runtime")
 STORE_PING_TIMEOUT_S = 1.0
 
 
-def make_store(config: BrokerConfig) -> TokenStore:
+async def open_store(config: BrokerConfig) -> TokenStore:
+    """The configured token store. A Redis server that is down is not an error here (calls are
+    refused until it answers); one whose persistence could bring back consumed tokens is."""
     if config.token_store == "memory":
         return MemoryTokenStore()
-    raise ConfigError(
-        f"{config.root / 'broker.yaml'}: token_store: the Redis store is not available in this build"
+    store = RedisTokenStore(
+        config.token_store, config.deployment, min_replicas=config.token_store_min_replicas
     )
+    try:
+        await store.check_server()
+    except UnsafeRedis as exc:
+        await store.close()
+        raise ConfigError(f"{config.root / BROKER_FILE}: token_store: {exc}") from None
+    return store
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,7 @@ class ReloadResult:
 @dataclass
 class RunningBroker:
     config: BrokerConfig
+    broker_id: str  # config.broker_id, suffixed with the worker number when there are several
     broker: Broker
     writer: AuditWriter
     listener: Listener
@@ -82,9 +94,17 @@ class RunningBroker:
 
     @classmethod
     async def start(
-        cls, deployment: Path, *, port: int | None = None, admin_port: int | None = None
+        cls, deployment: Path, *, port: int | None = None, admin_port: int | None = None, worker: int = 0
     ) -> RunningBroker:
+        """Start the broker of `deployment`; with `workers` > 1 in its broker.yaml, worker number
+        `worker` of them: broker id `<broker_id>-<worker>`, admin port + `worker`, and a data
+        port shared with the other workers (SO_REUSEPORT)."""
         config = load_broker_config(deployment)
+        if not 0 <= worker < config.workers:
+            raise ConfigError(f"{deployment / BROKER_FILE}: workers: no worker {worker} of {config.workers}")
+        broker_id = config.worker_id(worker)
+        if admin_port is None:
+            admin_port = config.admin.port + worker if config.admin.port else 0
         registry = load_registry(deployment)
         key = SigningKey.load(config.path(config.audit.signing_key))
         try:
@@ -100,14 +120,14 @@ class RunningBroker:
             ) from None
         metrics = Metrics()
         writer = AuditWriter(
-            config.path(config.audit.dir) / config.broker_id,
-            config.broker_id,
+            config.path(config.audit.dir) / broker_id,
+            broker_id,
             key,
             segment_bytes=config.audit.segment_bytes,
             on_batch=metrics.audit_batch,
         )
         await writer.open(version=__version__, registry_sha256=registry.sha256)
-        store = make_store(config)
+        store = await open_store(config)
         pool = UpstreamPool(
             config.path(config.egress.cert),
             config.path(config.egress.key),
@@ -117,16 +137,16 @@ class RunningBroker:
         broker = Broker(config, registry, store, writer, pool, metrics)
         broker.announce_registry(previous=None)
         listener = Listener(broker, ssl_context, config.limits)
-        bound = await listener.start(config.listen.host, config.listen.port if port is None else port)
-        running = cls(config, broker, writer, listener, AdminPlane(), metrics, bound, 0)
-        running.admin_port = await running.admin.start(
-            config.admin.host, config.admin.port if admin_port is None else admin_port, running
+        bound = await listener.start(
+            config.listen.host, config.listen.port if port is None else port, reuse_port=config.workers > 1
         )
+        running = cls(config, broker_id, broker, writer, listener, AdminPlane(), metrics, bound, 0)
+        running.admin_port = await running.admin.start(config.admin.host, admin_port, running)
         event(
             log,
             logging.INFO,
             "broker_started",
-            broker_id=config.broker_id,
+            broker_id=broker_id,
             version=__version__,
             listen=f"{config.listen.host}:{bound}",
             admin=f"{config.admin.host}:{running.admin_port}",
@@ -232,17 +252,19 @@ class RunningBroker:
         return sealed and not cancelled
 
 
-async def serve_forever(deployment: Path) -> bool:
-    """Run until SIGTERM or SIGINT (graceful drain); SIGHUP reloads the registry.
-    True when the broker stopped cleanly."""
+async def serve_forever(deployment: Path, *, worker: int | None = None, port: int | None = None) -> bool:
+    """Run until SIGTERM or SIGINT (graceful drain); SIGHUP reloads the registry. True when the
+    broker stopped cleanly. A worker of `workers: N` (`worker` given) leaves the run file to its
+    supervisor, which forwards signals to it."""
     configure(load_broker_config(deployment).log_level)
-    with RunFile.claim(deployment) as run_file:
-        running = await RunningBroker.start(deployment)
-        run_file.write(running.port, f"{running.config.admin.host}:{running.admin_port}")
-        print(
-            f"ztb: broker {running.config.broker_id} serving https://{running.config.listen.host}:{running.port} "
-            f"(admin http://{running.config.admin.host}:{running.admin_port})",
-            flush=True,
+    claim = RunFile.claim(deployment) if worker is None else contextlib.nullcontext(None)
+    with claim as run_file:
+        running = await RunningBroker.start(deployment, worker=worker or 0, port=port)
+        if run_file is not None:
+            run_file.write(running.port, f"{running.config.admin.host}:{running.admin_port}")
+        say(
+            f"ztb: broker {running.broker_id} serving https://{running.config.listen.host}:{running.port} "
+            f"(admin http://{running.config.admin.host}:{running.admin_port})"
         )
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -263,5 +285,17 @@ async def serve_forever(deployment: Path) -> bool:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
             clean = await running.stop()
-    print("ztb: stopped" if clean else "ztb: stopped, but not cleanly (see the log lines above)", flush=True)
+    say(
+        f"ztb: broker {running.broker_id} stopped"
+        if clean
+        else f"ztb: broker {running.broker_id} stopped, but not cleanly (see the log lines above)"
+    )
     return clean
+
+
+def say(line: str, stream: TextIO | None = None) -> None:
+    """One line in one write, so the lines of workers sharing a terminal or pipe never interleave
+    (print writes the text and the newline apart when Python runs unbuffered)."""
+    out = sys.stdout if stream is None else stream
+    out.write(line + "\n")
+    out.flush()

@@ -46,11 +46,17 @@ def serve(directory: Path) -> None:
     SIGHUP (or `ztb reload DIRECTORY`) reloads registry.yaml. SIGTERM drains: the broker stops
     accepting, lets calls in flight finish (drain_timeout_s), writes `stop` and exits 0.
     Operational events are JSON lines on stderr.
+
+    With `workers: N` (N > 1) in broker.yaml, runs N broker processes on the one data port.
     """
     import asyncio
 
+    from ztb.config import load_broker_config
     from ztb.runtime import serve_forever
+    from ztb.workers import supervise
 
+    if load_broker_config(directory).workers > 1:
+        sys.exit(supervise(directory))
     if not asyncio.run(serve_forever(directory)):
         sys.exit(1)
 

@@ -149,9 +149,13 @@ class Listener:
         self._draining = False
         self.server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on host:port; with `reuse_port`, beside the other worker processes of this
+        deployment on the same port (SO_REUSEPORT: the kernel spreads connections among them)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Accepted(self._spawn), host, port, backlog=1024)
+        self.server = await loop.create_server(
+            lambda: _Accepted(self._spawn), host, port, backlog=1024, reuse_port=reuse_port
+        )
         return int(self.server.sockets[0].getsockname()[1])
 
     def _spawn(self, raw: asyncio.Transport) -> None:
