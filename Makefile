@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck bench bench-verify bench-writer clean
+.PHONY: demo test install lint typecheck bench bench-scale bench-verify bench-writer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale_bench
 
 bench-verify: $(STAMP)
 	$(BIN)/python -m bench.verify_bench
