@@ -23,7 +23,7 @@ from ztb.config.broker import BrokerConfig
 from ztb.config.registry import Registry
 from ztb.edge.upstream import UpstreamFailure, UpstreamPool, UpstreamResponse
 from ztb.gates.allowlist import AllowlistGate
-from ztb.gates.base import AuditLog, BodySource, Call, Deny, Peer
+from ztb.gates.base import Appended, AuditLog, BodySource, Call, Deny, Peer
 from ztb.gates.egress import EgressGate
 from ztb.gates.identity import IdentityGate
 from ztb.gates.pipeline import Pipeline
@@ -51,6 +51,11 @@ class Reply:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+
+
+def receipt_header(entry: Appended) -> str:
+    """`ZTB-Receipt: <seq>.<hash hex>.<sig hex>` of an allowed call's `call` entry (SPEC section 7)."""
+    return f"{entry.seq}.{entry.hash.removeprefix('sha256:')}.{entry.sig.removeprefix('ed25519:')}"
 
 
 def error_body(deny: Deny, call_id: str) -> bytes:
@@ -133,7 +138,7 @@ class Broker:
         # The upstream has acted: the reply is released even if this wait times out (the writer
         # then reports not-writable and new calls are refused until the log recovers).
         await self.audit.durable(result.seq, self._durability_s)
-        extra = [("ztb-call-id", call.call_id)]
+        extra = [("ztb-call-id", call.call_id), ("ztb-receipt", receipt_header(call.entry))]
         if call.next_token is not None:
             extra.append(("ztb-next-token", call.next_token))
         if isinstance(outcome, UpstreamFailure):

@@ -42,6 +42,24 @@ class Metrics:
             "ztb_audit_writable", "1 when the audit log is writable", registry=self.registry
         )
         self.audit_next_seq = Gauge("ztb_audit_next_seq", "Next audit seq", registry=self.registry)
+        self.anchor_tree_size = Gauge(
+            "ztb_anchor_tree_size", "Durable entries in the log's Merkle tree", registry=self.registry
+        )
+        self.anchor_size = Gauge(
+            "ztb_anchor_anchored_size",
+            "Largest tree size anchored, per sink ('local' = kept beside the log)",
+            ["sink"],
+            registry=self.registry,
+        )
+        self.anchor_lag = Gauge(
+            "ztb_anchor_lag_seconds",
+            "How long the oldest durable entry not yet anchored has waited, per sink",
+            ["sink"],
+            registry=self.registry,
+        )
+        self.anchor_failures = Counter(
+            "ztb_anchor_failures", "Checkpoints a sink did not take", ["sink"], registry=self.registry
+        )
         self.registry_info = Gauge(
             "ztb_registry_info", "Registry in force (value 1)", ["sha256"], registry=self.registry
         )

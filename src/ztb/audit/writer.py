@@ -4,7 +4,8 @@ It owns the chain (seq, prev_hash), the segment files and durability. `append` s
 at once (so its place in the chain is fixed the moment a decision is made) and queues its
 line; a single flusher writes queued lines in batches and fsyncs each batch once (group
 commit) on a dedicated thread, so the event loop never blocks on the disk. `durable(seq,
-timeout)` waits, bounded, for the batch holding an entry.
+timeout)` waits, bounded, for the batch holding an entry; `on_durable` hands each durable batch's
+(seq, hash) pairs, in order, to whoever builds the Merkle tree (the anchor).
 
 Failure rules (SPEC §4): a failed write keeps its lines queued, in order, and retries them at
 the same file offset, so nothing is lost, duplicated or forked; while writes fail or an entry
@@ -21,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,7 @@ class AuditWriter:
         self._clock = clock
         self._tail = _find_tail(folder)
         self._fd = -1
-        self._pending: list[tuple[int, bytes]] = []
+        self._pending: list[tuple[int, bytes, str]] = []  # seq, line, hash
         self._durable_seq = self._tail.seq - 1
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._failing = False
@@ -95,6 +96,7 @@ class AuditWriter:
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self.last_error: str | None = None
+        self.on_durable: Callable[[Sequence[tuple[int, str]]], None] | None = None
         self.batches = 0  # group commits done (for metrics)
         self.batch_sizes_total = 0
 
@@ -164,7 +166,7 @@ class AuditWriter:
             "prev_hash": tail.prev_hash,
         }
         line, entry_hash, sig = seal(body, self._key)
-        self._pending.append((tail.seq, line))
+        self._pending.append((tail.seq, line, entry_hash))
         appended = Appended(tail.seq, entry_hash, sig)
         tail.seq += 1
         tail.prev_hash = entry_hash
@@ -196,7 +198,7 @@ class AuditWriter:
                 await self._wake.wait()
             batch = self._pending
             self._pending = []
-            data = b"".join(line for _, line in batch)
+            data = b"".join(line for _, line, _ in batch)
             try:
                 await loop.run_in_executor(self._thread, self._write_batch, data)
             except OSError as exc:
@@ -212,6 +214,8 @@ class AuditWriter:
             self.batches += 1
             self.batch_sizes_total += len(batch)
             self._durable_seq = batch[-1][0]
+            if self.on_durable is not None:
+                self.on_durable([(seq, entry_hash) for seq, _, entry_hash in batch])
             self._release_waiters()
 
     def _release_waiters(self) -> None:
