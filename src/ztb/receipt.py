@@ -54,7 +54,9 @@ class Receipt:
         return f"{self.seq}.{self.leaf_hash.hex()}.{self.signature.hex()}"
 
     def signed_by(self, audit_public_raw: bytes) -> bool:
-        return verify_signature(audit_public_raw, SIG_CONTEXT + self.entry_hash.encode("ascii"), self.signature)
+        return verify_signature(
+            audit_public_raw, SIG_CONTEXT + self.entry_hash.encode("ascii"), self.signature
+        )
 
 
 def verify_receipt(
@@ -81,7 +83,9 @@ def verify_receipt(
     if not any(receipt.signed_by(key) for key in keys):
         raise ReceiptError("the receipt is not signed by a trusted audit key")
     if parsed.leaf_index != receipt.seq or parsed.leaf_hash != receipt.leaf_hash:
-        raise ReceiptError(f"the proof is for entry {parsed.leaf_index}, not the receipt's entry {receipt.seq}")
+        raise ReceiptError(
+            f"the proof is for entry {parsed.leaf_index}, not the receipt's entry {receipt.seq}"
+        )
     try:
         return check_proof(parsed, checkpoint_key=log_key, witness_keys=witnesses, audit_keys=keys)
     except ProofError as exc:
@@ -107,4 +111,6 @@ def prove_receipt(
     except (ValueError, ConfigError) as exc:
         raise ReceiptError(str(exc)) from None
     keys = list(audit_keys)
-    return proof, verify_receipt(receipt, proof, audit_keys=keys, checkpoint_key=log_key, witness_keys=witnesses)
+    return proof, verify_receipt(
+        receipt, proof, audit_keys=keys, checkpoint_key=log_key, witness_keys=witnesses
+    )

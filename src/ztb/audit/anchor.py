@@ -129,7 +129,9 @@ def read_notes(path: Path) -> list[Note]:
     return parse_notes(data)[0]
 
 
-def largest_signed(notes: Sequence[Note], log: Verifier, witness: Verifier | None = None) -> Checkpoint | None:
+def largest_signed(
+    notes: Sequence[Note], log: Verifier, witness: Verifier | None = None
+) -> Checkpoint | None:
     """The largest checkpoint among `notes` signed by `log` (and cosigned by `witness`, if given)."""
     best: Checkpoint | None = None
     for note in notes:
@@ -276,7 +278,9 @@ class Anchor:
         for state in self._states:
             state.acked = await self._resume_size(state.sink, cosigned, leaves)
         self.tree.extend(leaves)
-        base = min([state.acked for state in self._states if state.sink.verifier is not None] or [len(leaves)])
+        base = min(
+            [state.acked for state in self._states if state.sink.verifier is not None] or [len(leaves)]
+        )
         edge = CompactRange()
         edge.extend(leaves[:base])
         self._window = _Window(edge, leaves[base:])
@@ -370,7 +374,9 @@ class Anchor:
         checkpoint = Checkpoint(self.origin, self.tree.size, self.tree.root())
         note = sign_checkpoint(checkpoint, self._key)
         try:
-            await asyncio.to_thread(append_durably, self.notes_dir / LOG_NOTES, (note.encode() + "\n").encode())
+            await asyncio.to_thread(
+                append_durably, self.notes_dir / LOG_NOTES, (note.encode() + "\n").encode()
+            )
         except OSError as exc:
             self.error = f"cannot keep the checkpoint beside the log: {exc.strerror or exc}"
             return

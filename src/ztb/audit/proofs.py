@@ -123,7 +123,10 @@ def check_proof(
         public = keys.get(str(proof.entry.get("kid")))
         if public is None or check_seal(proof.entry, public) is not None:
             raise ProofError("the entry is not sealed by a trusted audit key")
-        if proof.entry.get("hash") != "sha256:" + proof.leaf_hash.hex() or proof.entry.get("seq") != proof.leaf_index:
+        if (
+            proof.entry.get("hash") != "sha256:" + proof.leaf_hash.hex()
+            or proof.entry.get("seq") != proof.leaf_index
+        ):
             raise ProofError("the entry is not the proved leaf")
     cosigners = [witness for witness in witness_keys if witness in signed]
     stamps = tuple(
@@ -173,7 +176,9 @@ def prove_entry(
     size, _, note = best
     leaves = read_leaves(log_dir)
     if len(leaves) < size:
-        raise ConfigError(f"{log_dir}: the log holds {len(leaves)} entries, the checkpoint covers {size}: truncated")
+        raise ConfigError(
+            f"{log_dir}: the log holds {len(leaves)} entries, the checkpoint covers {size}: truncated"
+        )
     checkpoint = Checkpoint.from_text(note.text)
     if root_of(leaves[:size]) != checkpoint.root:
         raise ConfigError(f"{log_dir}: the first {size} entries do not match the checkpoint's root")

@@ -29,9 +29,9 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so each command group lives in its own module.
-    from ztb.cli import audit, caller, deployment, registry
+    from ztb.cli import audit, caller, deployment, registry, witness
 
-    for module in (deployment, registry, audit, caller):
+    for module in (deployment, registry, audit, caller, witness):
         for command in module.COMMANDS:
             cli.add_command(command)
 

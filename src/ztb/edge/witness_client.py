@@ -60,7 +60,9 @@ class WitnessSink:
                 if witness_size != old:
                     old = witness_size
                     continue
-            raise SinkError(f"the witness refused the checkpoint of size {checkpoint.size}: {status} {text[:200].strip()}")
+            raise SinkError(
+                f"the witness refused the checkpoint of size {checkpoint.size}: {status} {text[:200].strip()}"
+            )
         raise SinkError("the witness's size kept changing")
 
     def _cosignatures(self, note: Note, text: str) -> tuple[NoteSignature, ...]:
