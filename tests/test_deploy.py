@@ -152,7 +152,11 @@ def test_checkpoint_key_is_its_own_and_named_by_the_origin(dep: Path) -> None:
     key = SigningKey.load(dep / "keys/checkpoint.key")
     assert key.public_raw != SigningKey.load(dep / "keys/audit.key").public_raw
     verifier = Verifier.parse((dep / "keys/checkpoint.vkey").read_text())
-    assert (verifier.name, verifier.signature_type, verifier.public_raw) == ("dev/broker-a", ED25519, key.public_raw)
+    assert (verifier.name, verifier.signature_type, verifier.public_raw) == (
+        "dev/broker-a",
+        ED25519,
+        key.public_raw,
+    )
     anchor = load_broker_config(dep).anchor
     assert (anchor.every_entries, anchor.every_s, anchor.max_lag_s, anchor.sinks) == (1000, 5, 60, ())
 
