@@ -356,9 +356,8 @@ def _check_anchors(
 ) -> tuple[Break | None, AnchorReport]:
     log_key = next((key for key in anchors.checkpoint_keys if key.name.endswith("/" + broker)), None)
     if log_key is None:
-        return None, AnchorReport(
-            warnings=(f"checkpoints not checked: no checkpoint key for origin */{broker}",)
-        )
+        detail = f"no trusted checkpoint key for the origin */{broker}: its checkpoints cannot be checked"
+        return _break_at(lines, len(hashes), "bad_checkpoint_signature", detail), AnchorReport()
     log_dir = segments[0].parent if segments else Path(broker)
     files = [*sorted((log_dir / CHECKPOINTS_DIR).glob("*.notes")), *anchors.notes_files]
     warnings: list[str] = []
