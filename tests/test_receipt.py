@@ -91,10 +91,10 @@ def test_what_must_not_verify(anchored: AnchoredStack) -> None:
     with pytest.raises(ReceiptError, match="inclusion proof"):
         verify_receipt(header, bad_path, **k)  # type: ignore[arg-type]
     stranger = Verifier("witness.test/w9", 4, SigningKey.generate().public_raw)
-    with pytest.raises(ReceiptError, match="not cosigned by witness.test/w9"):
+    with pytest.raises(ReceiptError, match=r"not cosigned by witness\.test/w9"):
         verify_receipt(header, document, **{**k, "witness_keys": [stranger]})  # type: ignore[arg-type]
     with pytest.raises(
-        ReceiptError, match="not signed by the checkpoint key|no signature from a trusted key"
+        ReceiptError, match=r"not signed by the checkpoint key|no signature from a trusted key"
     ):
         verify_receipt(
             header,
