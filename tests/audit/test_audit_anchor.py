@@ -4,6 +4,7 @@ witness that is down (lag, not-ready, recovery), restarts, and a log cut below w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -11,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from auditlog_builder import forge
+from auditlog_builder import forge, make_lines, write_log
 
 from procs import wait_until
 from stack import UPSTREAM, AnchoredStack
-from ztb.audit.anchor import read_leaves
-from ztb.audit.checkpoint import Checkpoint
+from ztb.audit.anchor import Anchor, FileSink, read_leaves
+from ztb.audit.checkpoint import Checkpoint, parse_notes
 from ztb.audit.keys import SigningKey
 from ztb.audit.merkle import root_of
 from ztb.audit.note import Verifier, open_note
@@ -92,20 +93,68 @@ def test_stop_anchors_the_whole_log(by_count: AnchoredStack) -> None:
     assert_every_checkpoint_matches_the_log(by_count)
 
 
-def test_a_checkpoint_every_s_seconds_only_when_the_log_grew(tmp_path: Path) -> None:
+def test_a_checkpoint_every_s_seconds(tmp_path: Path) -> None:
     stack = AnchoredStack(tmp_path / "dep", every_entries=1000, every_s=0.2)
     try:
         wait_until(lambda: stack.sizes() == [2], what="the first checkpoint (start, registry)")
-        assert stack.broker is not None
-        quiet = stack.broker.anchor._latest_at
-        wait_until(lambda: stack.broker is not None and stack.broker.anchor.lag_s(2) == 0.0)
         allowed_calls(stack, 1)
-        wait_until(lambda: stack.sizes() == [2, 5], what="a checkpoint after one call")
-        assert stack.broker.anchor._latest_at > quiet
+        wait_until(lambda: max(stack.sizes()) == 5, what="a checkpoint after one call")
+        sizes = stack.sizes()
+        assert sizes == sorted(set(sizes))  # never the same size twice
+        assert stack.broker is not None
         assert [s.anchored_size for s in stack.broker.anchor.status()] == [5, 5, 5]
         assert all(s.lag_s == 0.0 for s in stack.broker.anchor.status())
     finally:
         stack.close()
+
+
+def test_the_schedule_only_signs_when_the_log_grew(tmp_path: Path) -> None:
+    """The schedule's rules with a clock the test moves: due by time or by count, never twice
+    for one size."""
+    key = SigningKey.generate()
+    log_dir = tmp_path / "broker-a"
+    lines = make_lines(key, calls=2)
+    write_log(log_dir, lines)
+    now = [1000.0]
+    offhost = tmp_path / "offhost.notes"
+    anchor = Anchor(
+        log_dir, "dev/broker-a", SigningKey.generate(), [FileSink(offhost)],
+        every_entries=3, every_s=5, clock=lambda: now[0],
+    )  # fmt: skip
+
+    def count() -> int:
+        return len(parse_notes(offhost.read_bytes())[0]) if offhost.exists() else 0
+
+    async def scenario() -> list[int]:
+        await anchor.start(len(lines))
+        anchor._closing = True  # the test runs the rounds itself
+        anchor._wake.set()
+        assert anchor._task is not None
+        await anchor._task
+        counts = []
+        now[0] += 6
+        await anchor._round(force=False)  # due by time: the whole log
+        counts.append(count())
+        now[0] += 2
+        await anchor._round(force=False)  # nothing new: nothing signed
+        counts.append(count())
+        leaves = read_leaves(log_dir)
+        anchor.on_durable([(len(lines), "sha256:" + leaves[0].hex())])
+        now[0] += 1
+        await anchor._round(force=False)  # one entry, one second: not due
+        counts.append(count())
+        now[0] += 2
+        await anchor._round(force=False)  # five seconds since the last: due by time
+        counts.append(count())
+        anchor.on_durable([(len(lines) + i, "sha256:" + leaves[i].hex()) for i in range(1, 4)])
+        await anchor._round(force=False)  # due by count, at once
+        counts.append(count())
+        await anchor.close(final=False)
+        return counts
+
+    assert asyncio.run(scenario()) == [1, 1, 1, 2, 3]
+    sizes = [Checkpoint.from_text(note.text).size for note in parse_notes(offhost.read_bytes())[0]]
+    assert sizes == [len(lines), len(lines) + 1, len(lines) + 4]
 
 
 def test_a_witness_that_is_down_raises_the_lag_then_readiness_then_recovers(tmp_path: Path) -> None:

@@ -254,6 +254,7 @@ class Anchor:
         self._latest_at = clock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.error: str | None = None  # why the last checkpoint could not be kept beside the log
         self.broken = False
 
@@ -312,17 +313,23 @@ class Anchor:
 
     async def close(self, *, final: bool = True) -> None:
         """Stop the schedule; with `final`, first anchor everything durable (bounded in time)."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # The loop sees `_closing` when it wakes; a round in flight gets a bounded wait.
+            done, _ = await asyncio.wait({self._task}, timeout=FINAL_TIMEOUT_S)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
             self._task = None
         if final:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FINAL_TIMEOUT_S):
                     await self._round(force=True)
         for state in self._states:
-            await state.sink.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await state.sink.close()
 
     # -- fed by the writer ---------------------------------------------------------------------
 
@@ -343,11 +350,13 @@ class Anchor:
     # -- the schedule ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._next_due())
+                async with asyncio.timeout(self._next_due()):
+                    await self._wake.wait()
             self._wake.clear()
-            await self._round(force=False)
+            if not self._closing:
+                await self._round(force=False)
 
     def _next_due(self) -> float:
         if any(state.error for state in self._states) or self.error:
