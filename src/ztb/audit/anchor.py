@@ -132,18 +132,27 @@ def read_notes(path: Path) -> list[Note]:
 def largest_signed(
     notes: Sequence[Note], log: Verifier, witness: Verifier | None = None
 ) -> Checkpoint | None:
-    """The largest checkpoint among `notes` signed by `log` (and cosigned by `witness`, if given)."""
-    best: Checkpoint | None = None
-    for note in notes:
+    """The largest checkpoint among `notes` signed by `log` (and cosigned by `witness`, if given).
+
+    Candidates are tried largest first, so only the signatures of the answer (and of larger
+    notes that fail) are checked."""
+    keys = [log] if witness is None else [log, witness]
+    candidates: list[tuple[int, int, Checkpoint, Note]] = []
+    for index, note in enumerate(notes):
         try:
-            signed = open_note(note, [log] if witness is None else [log, witness])
             checkpoint = Checkpoint.from_text(note.text)
         except NoteError:
             continue
-        wanted = log in signed and (witness is None or witness in signed) and checkpoint.origin == log.name
-        if wanted and (best is None or checkpoint.size > best.size):
-            best = checkpoint
-    return best
+        if checkpoint.origin == log.name:
+            candidates.append((checkpoint.size, index, checkpoint, note))
+    for _, _, checkpoint, note in sorted(candidates, key=lambda item: (item[0], item[1]), reverse=True):
+        try:
+            signed = open_note(note, keys)
+        except NoteError:
+            continue
+        if all(key in signed for key in keys):
+            return checkpoint
+    return None
 
 
 class FileSink:
