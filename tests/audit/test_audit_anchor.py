@@ -168,6 +168,7 @@ def test_a_witness_that_is_down_raises_the_lag_then_readiness_then_recovers(tmp_
             "audit_writable": True,
             "token_store": True,
             "registry_loaded": True,
+            "accepting": True,
             "anchored": False,
         }
         witness_status = stack.broker.anchor.status()[1]

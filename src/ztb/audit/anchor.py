@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections import deque
@@ -28,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ztb.audit.checkpoint import Checkpoint, parse_notes, sign_checkpoint
+from ztb.audit.checkpoint import Checkpoint, origin_of, parse_notes, sign_checkpoint
 from ztb.audit.keys import SigningKey
 from ztb.audit.merkle import HASH_SIZE, CompactRange, ProofError, consistency_proof, subtree_of
 from ztb.audit.note import ED25519, Note, NoteError, NoteSignature, Verifier, open_note
 from ztb.audit.reader import LogReadError, read_entries
+from ztb.config.broker import BrokerConfig
 from ztb.config.errors import ConfigError
 
 __all__ = [
@@ -458,3 +460,22 @@ class Anchor:
     @property
     def ready(self) -> bool:
         return all(status.lag_s <= self.max_lag_s for status in self.status())
+
+
+def deployment_checkpoint_keys(config: BrokerConfig) -> list[Verifier]:
+    """The checkpoint verifier keys a deployment's own files vouch for: `<checkpoint_key>.vkey`,
+    and, with `workers: N`, the same key under the origin of each worker's log (every worker signs
+    with the deployment's one checkpoint key; each log has its own origin). Empty without a vkey."""
+    vkey = config.path(config.anchor.checkpoint_key).with_suffix(".vkey")
+    if not vkey.is_file():
+        return []
+    try:
+        base = Verifier.parse(vkey.read_text(encoding="ascii"))
+    except (OSError, UnicodeDecodeError, NoteError) as exc:
+        raise ConfigError(f"{vkey}: not a checkpoint verifier key: {exc}") from None
+    if config.workers == 1:
+        return [base]
+    return [
+        dataclasses.replace(base, name=origin_of(config.deployment, config.worker_id(n)))
+        for n in range(config.workers)
+    ]

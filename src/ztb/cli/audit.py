@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from ztb.audit.anchor import deployment_checkpoint_keys
 from ztb.audit.keys import kid_of, load_public_key
 from ztb.audit.note import COSIGNATURE_V1, ED25519, NoteError, Verifier
 from ztb.audit.proofs import prove_entry
@@ -127,12 +128,9 @@ def _checkpoint_keys(directory: Path, specs: tuple[str, ...]) -> list[Verifier]:
         return [_vkey(spec, ED25519, "--checkpoint-key") for spec in specs]
     if (directory / BROKER_FILE).is_file():
         try:
-            config = load_broker_config(directory)
+            return deployment_checkpoint_keys(load_broker_config(directory))
         except ConfigError as exc:
             raise _UsageProblem(str(exc)) from None
-        vkey = config.path(config.anchor.checkpoint_key).with_suffix(".vkey")
-        if vkey.is_file():
-            return [_vkey(str(vkey), ED25519, "checkpoint key")]
     return []
 
 
