@@ -60,11 +60,16 @@ class SegmentDisplaced(Exception):
     """The segment file on disk is no longer the one this writer holds; str() says how."""
 
 
+_second_text: tuple[int, str] = (-1, "")  # the last whole second formatted, reused within it
+
+
 def utc_timestamp(now: float) -> str:
     """RFC 3339 UTC with milliseconds, as in SPEC §4: 2026-05-04T11:42:08.317Z."""
+    global _second_text  # noqa: PLW0603 - a one-entry cache: entries come many to a second
     seconds = int(now)
-    millis = int((now - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    if _second_text[0] != seconds:
+        _second_text = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{_second_text[1]}.{int((now - seconds) * 1000):03d}Z"
 
 
 def segment_name(number: int) -> str:
@@ -218,18 +223,35 @@ class AuditWriter:
             return True
         if self._displaced is not None:
             return False  # nothing is written any more: no point waiting
+        loop = asyncio.get_running_loop()
         waiter = self._waiters.get(seq)
         if waiter is None:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             self._waiters[seq] = waiter
+        # The caller waits on a future of its own, settled by the commit or by the timer, so the
+        # shared waiter is never cancelled under another caller (and no task is spawned per wait).
+        mine: asyncio.Future[bool] = loop.create_future()
+
+        def committed(_: asyncio.Future[None]) -> None:
+            if not mine.done():
+                mine.set_result(True)
+
+        def expired() -> None:
+            if not mine.done():
+                mine.set_result(False)
+
+        waiter.add_done_callback(committed)
+        timer = loop.call_later(timeout_s, expired)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
-        except TimeoutError:
+            durable = await mine
+        finally:
+            timer.cancel()
+            waiter.remove_done_callback(committed)
+        if not durable:
             if not self._overdue:
                 log.error("audit entry %d not durable within %.3f s: refusing calls", seq, timeout_s)
             self._overdue = True
-            return False
-        return True
+        return durable
 
     # -- group commit --------------------------------------------------------------------------
 
