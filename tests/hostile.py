@@ -1,0 +1,283 @@
+"""Shared tools of the hostile-input suites (tests/edge/test_hostile_*.py and friends).
+
+- `Canary`: a TCP listener no route points at; hostile requests aim at it (absolute-form targets,
+  Host, X-Forwarded-Host, redirects...). Any connection it sees is a failure.
+- `raw_request` / `send_raw`: bytes in over real mTLS, the broker's answer (or the closed
+  connection) out, every wait bounded.
+- `Invariant`: the pass condition of every hostile case. The caller got the expected 4xx with the
+  matching audited DENY (or the connection was closed), the canary saw nothing, and every request
+  the recording upstream did see is a registered route's canonical path with broker-written
+  framing and a body byte-identical to one that was validated (its ALLOW entry hashes it).
+- `hostile_deployment`: a fresh deployment with test limits and extra upstreams in registry.yaml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from stack import Stack
+
+from ztb.client import client_context
+from ztb.config import load_registry
+from ztb.gates.target import lookup
+from ztb.sample.local import LoopThread
+
+IO_TIMEOUT_S = 10.0
+BROKER_WRITTEN = frozenset({"host", "content-length", "content-type", "ztb-call-id", "ztb-caller"})
+
+
+class Canary:
+    """A listener that must never be contacted: it records every connection and its first bytes."""
+
+    def __init__(self, loop: LoopThread) -> None:
+        self._loop = loop
+        self.hits: list[bytes] = []
+        self._server: asyncio.Server | None = None
+        self.port = loop.run(self._start())
+
+    async def _start(self) -> int:
+        self._server = await asyncio.start_server(self._seen, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _seen(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            data = await asyncio.wait_for(reader.read(4096), 1.0)
+        except (TimeoutError, ConnectionError):
+            data = b""
+        self.hits.append(data or b"<connected>")
+        writer.close()
+
+    @property
+    def authority(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+@dataclass
+class Answer:
+    """What came back on one connection: a parsed response, or nothing (closed / TLS refused)."""
+
+    status: int | None
+    headers: list[tuple[str, str]]
+    body: bytes
+    closed: bool  # the broker closed the connection after answering (or without answering)
+    elapsed_s: float
+    tls_error: str | None = None
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+    @property
+    def error(self) -> dict[str, str]:
+        payload = json.loads(self.body)
+        error = payload["error"]
+        assert isinstance(error, dict)
+        return error
+
+
+def request_bytes(
+    method: str,
+    target: str | bytes,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    *,
+    host: str = "127.0.0.1",
+    version: bytes = b"HTTP/1.1",
+) -> bytes:
+    """A request as raw bytes, Host first, Content-Length added for a non-empty body."""
+    raw_target = target if isinstance(target, bytes) else target.encode("latin-1")
+    lines = [method.encode("ascii") + b" " + raw_target + b" " + version]
+    lines.append(b"Host: " + host.encode("latin-1"))
+    lines += [f"{k}: {v}".encode("latin-1") for k, v in headers]
+    if body and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers):
+        lines.append(f"Content-Length: {len(body)}".encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def tls_context(root: Path, identity: str | None = "svc.checkout") -> ssl.SSLContext:
+    if identity is None:
+        return client_context(None, None, root / "ca" / "ca.pem")
+    folder = root / "callers" / identity
+    return client_context(folder / "cert.pem", folder / "key.pem", root / "ca" / "ca.pem")
+
+
+def connect(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S)
+    try:
+        return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+    except BaseException:
+        sock.close()
+        raise
+
+
+def read_answer(tls: ssl.SSLSocket, started: float, *, wait_close: bool = True) -> Answer:
+    """Read one response (by its Content-Length) and, if asked, wait (bounded) for the close."""
+    buffer = b""
+    closed = False
+    try:
+        while b"\r\n\r\n" not in buffer:
+            chunk = tls.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            buffer += chunk
+    except (ssl.SSLError, ConnectionError) as exc:
+        return Answer(None, [], b"", True, time.monotonic() - started, tls_error=repr(exc))
+    if b"\r\n\r\n" not in buffer:
+        return Answer(None, [], buffer, True, time.monotonic() - started)
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in header_lines)]
+    length = int(next((v for k, v in headers if k == "content-length"), "0"))
+    try:
+        while len(rest) < length and not closed:
+            chunk = tls.recv(65536)
+            closed = not chunk
+            rest += chunk
+        if wait_close and not closed:
+            while True:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    closed = True
+                    break
+    except (ssl.SSLError, ConnectionError):
+        closed = True
+    except TimeoutError:
+        closed = False
+    return Answer(int(status_line.split(" ")[1]), headers, rest[:length], closed, time.monotonic() - started)
+
+
+def send_raw(
+    port: int,
+    ctx: ssl.SSLContext,
+    parts: bytes | Iterable[bytes],
+    *,
+    pause_s: float = 0.0,
+    wait_close: bool = False,
+) -> Answer:
+    """Connect over mTLS, send `parts` (with `pause_s` between them) and read the answer."""
+    started = time.monotonic()
+    try:
+        tls = connect(port, ctx)
+    except (ssl.SSLError, ConnectionError) as exc:
+        return Answer(None, [], b"", True, time.monotonic() - started, tls_error=repr(exc))
+    with tls:
+        try:
+            for i, part in enumerate([parts] if isinstance(parts, bytes) else parts):
+                if i and pause_s:
+                    time.sleep(pause_s)
+                tls.sendall(part)
+        except (ssl.SSLError, ConnectionError, TimeoutError):
+            pass  # the broker may close before all is sent: its answer (if any) is still read
+        return read_answer(tls, started, wait_close=wait_close)
+
+
+@dataclass
+class Invariant:
+    """The pass condition of a hostile case, checked against the deployment after it ran."""
+
+    stack: Stack
+    canary: Canary
+    seen_before: int = 0
+    validated: list[bytes] = field(default_factory=list)  # bodies the test sent on allowed calls
+
+    def __post_init__(self) -> None:
+        self.seen_before = len(self.stack.upstream.received)
+
+    def forwarded(self) -> list[Any]:
+        return self.stack.upstream.received[self.seen_before :]
+
+    def refused(self, answer: Answer, status: int, reason: str) -> dict[str, Any]:
+        """The caller got `status`/`reason`, the connection state is sane, and the DENY is audited."""
+        assert answer.status == status, (answer.status, answer.body)
+        error = answer.error
+        assert error["reason"] == reason, error
+        assert answer.header("content-type") == "application/json"
+        entry = self.stack.entry_of(error["call_id"])
+        assert entry["decision"] == "DENY"
+        assert (entry["gate"], entry["reason"]) == (error["gate"], reason)
+        self.clean()
+        return entry
+
+    def clean(self) -> None:
+        """Nothing reached the canary; whatever reached the upstream was canonical and validated."""
+        assert self.canary.hits == [], self.canary.hits
+        registry = load_registry(self.stack.root)
+        for request in self.forwarded():
+            upstream = self._upstream_of(request, registry)
+            found = lookup(registry, request.method, f"/{upstream}{request.raw_path}")
+            assert found.route is not None and found.path == request.raw_path, request.raw_path
+            names = [name.lower() for name, _ in request.headers]
+            assert len(names) == len(set(names)), names
+            assert set(names) <= BROKER_WRITTEN | found.route.request_headers, names
+            assert request.header("host") == registry.upstreams[upstream].authority
+            if request.body or request.method in ("POST", "PUT", "PATCH"):
+                assert request.header("content-length") == str(len(request.body))
+            assert request.body in self.validated or request.body == b""
+            call_id = request.header("ztb-call-id")
+            entry = self.stack.entry_of(call_id)
+            assert entry["decision"] == "ALLOW"
+            assert entry["upstream"]["path"] == request.raw_path
+            if entry["shape"] is not None:
+                assert entry["shape"]["sha256"] == "sha256:" + hashlib.sha256(request.body).hexdigest()
+
+    def _upstream_of(self, request: Any, registry: Any) -> str:
+        call_id = request.header("ztb-call-id")
+        assert call_id is not None, "the broker writes ztb-call-id on every forwarded request"
+        name = self.stack.entry_of(call_id)["upstream"]["name"]
+        assert name in registry.upstreams
+        return str(name)
+
+
+def mint(stack: Stack, scope: str = "orders:create", upstream: str = "orders.api.internal") -> str:
+    caller = stack.caller()
+    try:
+        return caller.mint(upstream, scope)
+    finally:
+        caller.close()
+
+
+def order_body() -> bytes:
+    from ztb.deploy import sample_order
+
+    return json.dumps(sample_order(), separators=(",", ":")).encode()
+
+
+def write_limits(root: Path, **limits: float) -> None:
+    path = root / "broker.yaml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config.setdefault("limits", {}).update(limits)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def add_to_registry(root: Path, *, upstreams: dict[str, Any], routes: list[Any], grants: dict[str, Any]) -> None:
+    path = root / "registry.yaml"
+    registry = yaml.safe_load(path.read_text(encoding="utf-8"))
+    registry["upstreams"].update(upstreams)
+    registry["routes"].extend(routes)
+    for identity, per_upstream in grants.items():
+        registry["grants"].setdefault(identity, {}).update(per_upstream)
+    path.write_text(yaml.safe_dump(registry, sort_keys=False), encoding="utf-8")
+
+
+def hostile_deployment(root: Path) -> Stack:
+    """A deployment that is built but not started: tests edit its files, then call `start`."""
+    return Stack(root, start=False)
+
+
+def start(stack: Stack) -> None:
+    stack.loop.run(stack.upstream.start())
+    stack.start_broker()
