@@ -123,41 +123,61 @@ def connect(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
         raise
 
 
-def read_answer(tls: ssl.SSLSocket, started: float, *, wait_close: bool = True) -> Answer:
-    """Read one response (by its Content-Length) and, if asked, wait (bounded) for the close."""
-    buffer = b""
-    closed = False
-    try:
-        while b"\r\n\r\n" not in buffer:
-            chunk = tls.recv(65536)
-            if not chunk:
-                closed = True
-                break
-            buffer += chunk
-    except (ssl.SSLError, ConnectionError) as exc:
-        return Answer(None, [], b"", True, time.monotonic() - started, tls_error=repr(exc))
-    if b"\r\n\r\n" not in buffer:
-        return Answer(None, [], buffer, True, time.monotonic() - started)
-    head, _, rest = buffer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in header_lines)]
-    length = int(next((v for k, v in headers if k == "content-length"), "0"))
-    try:
-        while len(rest) < length and not closed:
-            chunk = tls.recv(65536)
-            closed = not chunk
-            rest += chunk
-        if wait_close and not closed:
-            while True:
-                chunk = tls.recv(65536)
-                if not chunk:
-                    closed = True
-                    break
-    except (ssl.SSLError, ConnectionError):
-        closed = True
-    except TimeoutError:
-        closed = False
-    return Answer(int(status_line.split(" ")[1]), headers, rest[:length], closed, time.monotonic() - started)
+class Conn:
+    """One mTLS connection to the broker, with a read buffer so pipelined answers are not lost."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
+        self.started = time.monotonic()
+        self.tls = connect(port, ctx)
+        self._buffer = b""
+        self.closed = False
+
+    def __enter__(self) -> Conn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tls.close()
+
+    def send(self, data: bytes) -> bool:
+        """False when the broker has already closed the connection."""
+        try:
+            self.tls.sendall(data)
+        except (ssl.SSLError, ConnectionError, TimeoutError):
+            return False
+        return True
+
+    def _fill(self) -> bool:
+        try:
+            chunk = self.tls.recv(65536)
+        except (ssl.SSLError, ConnectionError):
+            chunk = b""
+        if not chunk:
+            self.closed = True
+        self._buffer += chunk
+        return bool(chunk)
+
+    def answer(self, *, wait_close: bool = False) -> Answer:
+        """The next response (by its Content-Length); with `wait_close`, then wait for the close."""
+        while b"\r\n\r\n" not in self._buffer and not self.closed:
+            self._fill()
+        if b"\r\n\r\n" not in self._buffer:
+            return Answer(None, [], self._buffer, True, time.monotonic() - self.started)
+        head, _, rest = self._buffer.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
+        length = int(next((v for k, v in headers if k == "content-length"), "0"))
+        while len(rest) < length and not self.closed:
+            self._fill()
+            rest = self._buffer.partition(b"\r\n\r\n")[2]
+        self._buffer = rest[length:]
+        if wait_close:
+            try:
+                while not self.closed:
+                    self._fill()
+            except TimeoutError:
+                pass
+        status = int(status_line.split(" ")[1])
+        return Answer(status, headers, rest[:length], self.closed, time.monotonic() - self.started)
 
 
 def send_raw(
@@ -171,18 +191,19 @@ def send_raw(
     """Connect over mTLS, send `parts` (with `pause_s` between them) and read the answer."""
     started = time.monotonic()
     try:
-        tls = connect(port, ctx)
+        conn = Conn(port, ctx)
     except (ssl.SSLError, ConnectionError) as exc:
         return Answer(None, [], b"", True, time.monotonic() - started, tls_error=repr(exc))
-    with tls:
+    with conn:
+        for i, part in enumerate([parts] if isinstance(parts, bytes) else parts):
+            if i and pause_s:
+                time.sleep(pause_s)
+            if not conn.send(part):
+                break  # the broker may close before all is sent: its answer (if any) is still read
         try:
-            for i, part in enumerate([parts] if isinstance(parts, bytes) else parts):
-                if i and pause_s:
-                    time.sleep(pause_s)
-                tls.sendall(part)
-        except (ssl.SSLError, ConnectionError, TimeoutError):
-            pass  # the broker may close before all is sent: its answer (if any) is still read
-        return read_answer(tls, started, wait_close=wait_close)
+            return conn.answer(wait_close=wait_close)
+        except ssl.SSLError as exc:  # TLS 1.3: a refused client certificate shows on the first read
+            return Answer(None, [], b"", True, time.monotonic() - started, tls_error=repr(exc))
 
 
 @dataclass
