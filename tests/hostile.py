@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import select
 import socket
 import ssl
 import time
@@ -146,15 +147,37 @@ class Conn:
             return False
         return True
 
+    def poll(self, timeout_s: float) -> bool:
+        """True when the broker sent something (or closed) within `timeout_s`. TLS records that
+        carry no application data (TLS 1.3 session tickets) do not count."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            readable, _, _ = select.select([self.tls], [], [], remaining)
+            if not readable:
+                return False
+            self.tls.setblocking(False)
+            try:
+                return self._fill()
+            except ssl.SSLWantReadError:
+                continue
+            finally:
+                self.tls.setblocking(True)
+                self.tls.settimeout(IO_TIMEOUT_S)
+
     def _fill(self) -> bool:
         try:
             chunk = self.tls.recv(65536)
+        except ssl.SSLWantReadError:
+            raise
         except (ssl.SSLError, ConnectionError):
             chunk = b""
         if not chunk:
             self.closed = True
         self._buffer += chunk
-        return bool(chunk)
+        return True
 
     def answer(self, *, wait_close: bool = False) -> Answer:
         """The next response (by its Content-Length); with `wait_close`, then wait for the close."""
