@@ -235,14 +235,17 @@ class Invariant:
 
     stack: Stack
     canary: Canary
-    seen_before: int = 0
     validated: list[bytes] = field(default_factory=list)  # bodies the test sent on allowed calls
+    recorders: list[Any] = field(default_factory=list)  # recording upstreams beside the sample one
+    seen_before: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.seen_before = len(self.stack.upstream.received)
+        self.recorders = [self.stack.upstream, *self.recorders]
+        self.seen_before = [len(r.received) for r in self.recorders]
 
     def forwarded(self) -> list[Any]:
-        return self.stack.upstream.received[self.seen_before :]
+        """Every request any recording upstream received since this case began."""
+        return [req for r, n in zip(self.recorders, self.seen_before, strict=True) for req in r.received[n:]]
 
     def refused(self, answer: Answer, status: int, reason: str) -> dict[str, Any]:
         """The caller got `status`/`reason`, the connection state is sane, and the DENY is audited."""
@@ -315,6 +318,75 @@ def add_to_registry(root: Path, *, upstreams: dict[str, Any], routes: list[Any],
     for identity, per_upstream in grants.items():
         registry["grants"].setdefault(identity, {}).update(per_upstream)
     path.write_text(yaml.safe_dump(registry, sort_keys=False), encoding="utf-8")
+
+
+class HostileUpstream:
+    """An mTLS upstream that misbehaves on purpose, by path: redirects to the canary, leaks headers,
+    answers too much or too late. It records every request exactly as it arrived."""
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path, canary: str, big_bytes: int) -> None:
+        from ztb.sample.upstream import server_context
+
+        self.received: list[Any] = []
+        self._ssl = server_context(cert, key, client_ca)
+        self._canary = canary
+        self._big = big_bytes
+        self._runner: Any = None
+        self.port = 0
+
+    async def start(self) -> int:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        from ztb.sample.upstream import ReceivedRequest
+
+        self.received.append(
+            ReceivedRequest(
+                method=request.method,
+                raw_path=request.raw_path,
+                headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers),
+                body=await request.read(),
+                peer_cn=None,
+            )
+        )
+        leaks = {
+            "X-Internal-Debug": "secret",
+            "Set-Cookie": "session=stolen; Path=/",
+            "Server": "hostile/1.0",
+            "X-Powered-By": "hostile",
+            "Access-Control-Allow-Origin": "*",
+            "WWW-Authenticate": 'Basic realm="internal"',
+            "Strict-Transport-Security": "max-age=0",
+            "Location": f"http://{self._canary}/leak",
+            "Refresh": f"0; url=http://{self._canary}/",
+            "Link": f"<http://{self._canary}/>; rel=preload",
+        }
+        path = request.path
+        if path in ("/redirect", "/redirect-allowed"):
+            return web.Response(status=302, headers=leaks, content_type="application/json", text="{}")
+        if path == "/headers":
+            return web.Response(status=200, headers=leaks, content_type="application/json", text='{"ok":true}')
+        if path == "/big":
+            return web.Response(status=200, content_type="application/json", body=b'"' + b"a" * self._big + b'"')
+        if path == "/slow":
+            await asyncio.sleep(2.5)
+            return web.json_response({"late": True})
+        return web.json_response({"ok": True})
 
 
 def hostile_deployment(root: Path) -> Stack:
