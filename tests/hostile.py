@@ -180,7 +180,14 @@ class Conn:
         return True
 
     def answer(self, *, wait_close: bool = False) -> Answer:
-        """The next response (by its Content-Length); with `wait_close`, then wait for the close."""
+        """The next final response (by its Content-Length; 1xx skipped); with `wait_close`, then
+        wait for the close."""
+        while True:
+            answer = self._one(wait_close=wait_close)
+            if answer.status is None or answer.status >= 200:
+                return answer
+
+    def _one(self, *, wait_close: bool) -> Answer:
         while b"\r\n\r\n" not in self._buffer and not self.closed:
             self._fill()
         if b"\r\n\r\n" not in self._buffer:
@@ -193,13 +200,13 @@ class Conn:
             self._fill()
             rest = self._buffer.partition(b"\r\n\r\n")[2]
         self._buffer = rest[length:]
-        if wait_close:
+        status = int(status_line.split(" ")[1])
+        if wait_close and status >= 200:
             try:
                 while not self.closed:
                     self._fill()
             except TimeoutError:
                 pass
-        status = int(status_line.split(" ")[1])
         return Answer(status, headers, rest[:length], self.closed, time.monotonic() - self.started)
 
 
