@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import select
@@ -26,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from stack import Stack
 
+from stack import Stack
 from ztb.client import client_context
 from ztb.config import load_registry
 from ztb.gates.target import lookup
@@ -317,7 +318,9 @@ def write_limits(root: Path, **limits: float) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
-def add_to_registry(root: Path, *, upstreams: dict[str, Any], routes: list[Any], grants: dict[str, Any]) -> None:
+def add_to_registry(
+    root: Path, *, upstreams: dict[str, Any], routes: list[Any], grants: dict[str, Any]
+) -> None:
     path = root / "registry.yaml"
     registry = yaml.safe_load(path.read_text(encoding="utf-8"))
     registry["upstreams"].update(upstreams)
@@ -339,11 +342,13 @@ class HostileUpstream:
         self._canary = canary
         self._big = big_bytes
         self._runner: Any = None
+        self._released: asyncio.Event | None = None
         self.port = 0
 
     async def start(self) -> int:
         from aiohttp import web
 
+        self._released = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -354,6 +359,8 @@ class HostileUpstream:
         return self.port
 
     async def stop(self) -> None:
+        if self._released is not None:
+            self._released.set()  # a late answer still pending ends now, not after the loop stops
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -387,11 +394,17 @@ class HostileUpstream:
         if path in ("/redirect", "/redirect-allowed"):
             return web.Response(status=302, headers=leaks, content_type="application/json", text="{}")
         if path == "/headers":
-            return web.Response(status=200, headers=leaks, content_type="application/json", text='{"ok":true}')
+            return web.Response(
+                status=200, headers=leaks, content_type="application/json", text='{"ok":true}'
+            )
         if path == "/big":
-            return web.Response(status=200, content_type="application/json", body=b'"' + b"a" * self._big + b'"')
+            return web.Response(
+                status=200, content_type="application/json", body=b'"' + b"a" * self._big + b'"'
+            )
         if path == "/slow":
-            await asyncio.sleep(2.5)
+            assert self._released is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), 2.5)
             return web.json_response({"late": True})
         return web.json_response({"ok": True})
 

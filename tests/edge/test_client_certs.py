@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from hostile import Canary, Invariant, request_bytes, send_raw, tls_context
 from stack import Stack
-
 from ztb import pki
 from ztb.client import client_context
 
@@ -41,9 +41,23 @@ def issue(ca: pki.Issued, case: str, pinned_key: Any) -> pki.Issued:
         case "serverAuth only":
             return pki.issue_leaf(ca, "svc.checkout", eku=[pki.SERVER_AUTH], **uri)
         case "expired":
-            return pki.issue_leaf(ca, "svc.checkout", eku=[pki.CLIENT_AUTH], not_before=NOW - 30 * DAY, not_after=NOW - DAY, **key)
+            return pki.issue_leaf(
+                ca,
+                "svc.checkout",
+                eku=[pki.CLIENT_AUTH],
+                not_before=NOW - 30 * DAY,
+                not_after=NOW - DAY,
+                **key,
+            )
         case "not yet valid":
-            return pki.issue_leaf(ca, "svc.checkout", eku=[pki.CLIENT_AUTH], not_before=NOW + DAY, not_after=NOW + 30 * DAY, **key)
+            return pki.issue_leaf(
+                ca,
+                "svc.checkout",
+                eku=[pki.CLIENT_AUTH],
+                not_before=NOW + DAY,
+                not_after=NOW + 30 * DAY,
+                **key,
+            )
         case "another CA":
             return pki.issue_client(pki.new_ca("ztb dev development CA"), "svc.checkout")
         case "pinned key, another CA":
@@ -73,7 +87,9 @@ TLS_REFUSED = {
 def identity_refusals(stack: Stack, reason: str, after_seq: int) -> int:
     """How many TLS refusals with `reason` were audited after `after_seq` (folded entries count)."""
     return sum(
-        e["count"] for e in stack.entries() if e["kind"] == "identity" and e["reason"] == reason and e["seq"] > after_seq
+        e["count"]
+        for e in stack.entries()
+        if e["kind"] == "identity" and e["reason"] == reason and e["seq"] > after_seq
     )
 
 
@@ -87,7 +103,9 @@ def expect_tls_refusal(stack: Stack, canary: Canary, ctx: ssl.SSLContext, reason
     answer = send_raw(stack.port, ctx, request_bytes("GET", LIST), wait_close=True)
     assert answer.status is None and answer.closed, (answer.status, answer.body)
     # The first refusal of a second is written at once, repeats fold into one entry a second later.
-    found = stack.wait_for(lambda e: e["kind"] == "identity" and e["reason"] == reason and e["seq"] > before, 3.0)
+    found = stack.wait_for(
+        lambda e: e["kind"] == "identity" and e["reason"] == reason and e["seq"] > before, 3.0
+    )
     assert found, f"no identity entry with reason {reason}"
     assert identity_refusals(stack, reason, before) >= 1
     assert found[0]["caller"] == {"addr": "127.0.0.1"} and found[0]["decision"] == "DENY"
@@ -101,10 +119,15 @@ def write(tmp_path: Path, cert: pki.Issued) -> ssl.SSLContext:
 
 
 @pytest.mark.parametrize("case", list(TLS_REFUSED))
-def test_bad_client_certificate_is_refused_at_tls(stack: Stack, canary: Canary, tmp_path: Path, case: str) -> None:
+def test_bad_client_certificate_is_refused_at_tls(
+    stack: Stack, canary: Canary, tmp_path: Path, case: str
+) -> None:
     ca = pki.load_issued(stack.root / "ca" / "ca.pem", stack.root / "ca" / "ca.key")
     (tmp_path / "ca.pem").write_bytes((stack.root / "ca" / "ca.pem").read_bytes())
-    pinned = pki.load_issued(stack.root / "callers" / "svc.checkout" / "cert.pem", stack.root / "callers" / "svc.checkout" / "key.pem")
+    pinned = pki.load_issued(
+        stack.root / "callers" / "svc.checkout" / "cert.pem",
+        stack.root / "callers" / "svc.checkout" / "key.pem",
+    )
     cert = issue(ca, case, pinned.key)
     if case.startswith("pinned key"):
         assert cert.pin == pinned.pin  # the registry pins this very key
@@ -136,9 +159,15 @@ def test_repeated_refusals_fold_into_counted_entries(stack: Stack, canary: Canar
     """A burst of refusals from one source costs one entry at once and one folded entry a second."""
     before = last_seq(stack)
     for _ in range(5):
-        answer = send_raw(stack.port, tls_context(stack.root, None), request_bytes("GET", LIST), wait_close=True)
+        answer = send_raw(
+            stack.port, tls_context(stack.root, None), request_bytes("GET", LIST), wait_close=True
+        )
         assert answer.status is None
     stack.wait_for(lambda e: identity_refusals(stack, "no_client_certificate", before) >= 5, 4.0)
-    entries = [e for e in stack.entries() if e["kind"] == "identity" and e["reason"] == "no_client_certificate" and e["seq"] > before]
+    entries = [
+        e
+        for e in stack.entries()
+        if e["kind"] == "identity" and e["reason"] == "no_client_certificate" and e["seq"] > before
+    ]
     assert sum(e["count"] for e in entries) == 5
     assert len(entries) < 5

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from hostile import Canary, Conn, Invariant, mint, order_body, send_raw, tls_context
 from stack import Stack
 
@@ -38,8 +39,14 @@ def nested(depth: int) -> bytes:
     return with_field("note", b"[" * (depth - 1) + b"]" * (depth - 1))
 
 
-def post(token: str, body: bytes, content_type: str | None = JSON_TYPE, extra: list[bytes] | None = None) -> bytes:
-    lines = [f"POST {CREATE} HTTP/1.1".encode(), b"Host: 127.0.0.1", f"Authorization: Bearer {token}".encode()]
+def post(
+    token: str, body: bytes, content_type: str | None = JSON_TYPE, extra: list[bytes] | None = None
+) -> bytes:
+    lines = [
+        f"POST {CREATE} HTTP/1.1".encode(),
+        b"Host: 127.0.0.1",
+        f"Authorization: Bearer {token}".encode(),
+    ]
     if content_type is not None:
         lines.append(f"Content-Type: {content_type}".encode())
     lines += extra or []
@@ -51,12 +58,22 @@ UTF16 = BODY.decode().encode("utf-16")
 # class -> (case name, content type, body, expected status and reason)
 BODIES: dict[str, list[tuple[str, str | None, bytes, tuple[int, str]]]] = {
     "charsets": [
-        ("utf-7", "application/json; charset=utf-7", b'{"note":"+ADw-script+AD4-"}', (415, "unsupported_charset")),
+        (
+            "utf-7",
+            "application/json; charset=utf-7",
+            b'{"note":"+ADw-script+AD4-"}',
+            (415, "unsupported_charset"),
+        ),
         ("utf-16", "application/json; charset=utf-16", UTF16, (415, "unsupported_charset")),
         ("utf-16le", "application/json; charset=UTF-16LE", UTF16[2:], (415, "unsupported_charset")),
         ("latin1", "application/json; charset=iso-8859-1", BODY, (415, "unsupported_charset")),
         ("unknown", "application/json; charset=x-unknown", BODY, (415, "unsupported_charset")),
-        ("utf-8 then utf-7", "application/json; charset=utf-8; charset=utf-7", BODY, (415, "unsupported_charset")),
+        (
+            "utf-8 then utf-7",
+            "application/json; charset=utf-8; charset=utf-7",
+            BODY,
+            (415, "unsupported_charset"),
+        ),
         ("text/plain", "text/plain", BODY, (415, "unsupported_media_type")),
         ("form", "application/x-www-form-urlencoded", b"a=b", (415, "unsupported_media_type")),
         ("json-patch", "application/json-patch+json", BODY, (415, "unsupported_media_type")),
@@ -81,7 +98,12 @@ BODIES: dict[str, list[tuple[str, str | None, bytes, tuple[int, str]]]] = {
     "NaN and Infinity": [
         ("NaN", JSON_TYPE, with_field("items.qty", b"NaN"), (400, "non_finite_number")),
         ("Infinity", JSON_TYPE, with_field("items.qty", b"Infinity"), (400, "non_finite_number")),
-        ("-Infinity", JSON_TYPE, with_field("items.unit_price_cents", b"-Infinity"), (400, "non_finite_number")),
+        (
+            "-Infinity",
+            JSON_TYPE,
+            with_field("items.unit_price_cents", b"-Infinity"),
+            (400, "non_finite_number"),
+        ),
     ],
     "lone surrogates": [
         ("high", JSON_TYPE, with_field("note", b'"\\ud800"'), (400, "lone_surrogate")),
@@ -100,7 +122,12 @@ BODIES: dict[str, list[tuple[str, str | None, bytes, tuple[int, str]]]] = {
         ("-1e400", JSON_TYPE, with_field("items.unit_price_cents", b"-1e400"), (400, "number_out_of_range")),
         ("2^53+1", JSON_TYPE, with_field("items.qty", b"9007199254740993"), (400, "number_out_of_range")),
         ("-(2^53+1)", JSON_TYPE, with_field("items.qty", b"-9007199254740993"), (400, "number_out_of_range")),
-        ("30 digits", JSON_TYPE, with_field("items.qty", b"123456789012345678901234567890"), (400, "number_out_of_range")),
+        (
+            "30 digits",
+            JSON_TYPE,
+            with_field("items.qty", b"123456789012345678901234567890"),
+            (400, "number_out_of_range"),
+        ),
         ("5000 digits", JSON_TYPE, with_field("items.qty", b"1" + b"0" * 5000), (400, "number_out_of_range")),
         ("2^53+0.5", JSON_TYPE, with_field("items.qty", b"9007199254740992.5"), (400, "schema_violation")),
     ],
@@ -159,7 +186,9 @@ def test_body_on_a_get_is_refused(stack: Stack, canary: Canary) -> None:
 )
 def test_validated_bytes_are_forwarded_byte_for_byte(stack: Stack, canary: Canary, body: bytes) -> None:
     check = Invariant(stack, canary, validated=[body])
-    answer = send_raw(stack.port, tls_context(stack.root), post(mint(stack), body, "application/json; charset=UTF-8"))
+    answer = send_raw(
+        stack.port, tls_context(stack.root), post(mint(stack), body, "application/json; charset=UTF-8")
+    )
     assert answer.status == 201, answer.body
     [forwarded] = check.forwarded()
     assert forwarded.body == body
@@ -168,9 +197,13 @@ def test_validated_bytes_are_forwarded_byte_for_byte(stack: Stack, canary: Canar
 
 
 @pytest.mark.parametrize("declared", [MAX_BYTES + 1, 10**15], ids=["max+1", "10^15"])
-def test_declared_oversize_body_is_refused_before_it_is_sent(stack: Stack, canary: Canary, declared: int) -> None:
+def test_declared_oversize_body_is_refused_before_it_is_sent(
+    stack: Stack, canary: Canary, declared: int
+) -> None:
     check = Invariant(stack, canary)
-    head = post(mint(stack), b"", JSON_TYPE).replace(b"Content-Length: 0", f"Content-Length: {declared}".encode())
+    head = post(mint(stack), b"", JSON_TYPE).replace(
+        b"Content-Length: 0", f"Content-Length: {declared}".encode()
+    )
     with Conn(stack.port, tls_context(stack.root)) as conn:
         conn.send(head)  # and not one byte of the body
         answer = conn.answer(wait_close=True)

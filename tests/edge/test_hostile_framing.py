@@ -11,7 +11,8 @@ import gzip
 from collections.abc import Callable
 
 import pytest
-from hostile import Canary, Conn, Invariant, mint, order_body, request_bytes, send_raw, tls_context
+
+from hostile import Canary, Conn, Invariant, mint, order_body, send_raw, tls_context
 from stack import Stack
 
 LIST = "/orders.api.internal/v1/orders?limit=5"
@@ -27,7 +28,10 @@ def chunked(body: bytes) -> bytes:
 
 
 def head(first: bytes, lines: list[bytes], token: str) -> bytes:
-    return b"\r\n".join([first, b"Host: 127.0.0.1", f"Authorization: Bearer {token}".encode(), *lines]) + b"\r\n\r\n"
+    return (
+        b"\r\n".join([first, b"Host: 127.0.0.1", f"Authorization: Bearer {token}".encode(), *lines])
+        + b"\r\n\r\n"
+    )
 
 
 JSON = b"Content-Type: application/json"
@@ -57,7 +61,11 @@ def post(*lines: bytes) -> Build:
 FRAMING: dict[str, list[tuple[str, Build, tuple[int, str]]]] = {
     "HTTP/1.0, 0.9 and other versions": [
         ("HTTP/1.0", whole(f"GET {LIST} HTTP/1.0\r\nHost: x\r\n\r\n".encode()), MALFORMED),
-        ("HTTP/1.0 keep-alive", whole(f"GET {LIST} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode()), MALFORMED),
+        (
+            "HTTP/1.0 keep-alive",
+            whole(f"GET {LIST} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode()),
+            MALFORMED,
+        ),
         ("HTTP/0.9", whole(f"GET {LIST}\r\n".encode()), MALFORMED),
         ("HTTP/0.9 bare", whole(b"GET /\r\n"), MALFORMED),
         ("HTTP/2 preface", whole(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), MALFORMED),
@@ -65,11 +73,32 @@ FRAMING: dict[str, list[tuple[str, Build, tuple[int, str]]]] = {
         ("lowercase version", whole(f"GET {LIST} http/1.1\r\nHost: x\r\n\r\n".encode()), MALFORMED),
         ("double space", whole(f"GET  {LIST} HTTP/1.1\r\nHost: x\r\n\r\n".encode()), MALFORMED),
         ("lowercase method", whole(f"get {LIST} HTTP/1.1\r\nHost: x\r\n\r\n".encode()), MALFORMED),
-        ("TLS in TLS", whole(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32 + b"\r\n"), MALFORMED),
+        (
+            "TLS in TLS",
+            whole(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32 + b"\r\n"),
+            MALFORMED,
+        ),
     ],
     "Upgrade": [
-        ("h2c", post(b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"), MALFORMED),
-        ("websocket", post(b"Connection: Upgrade", b"Upgrade: websocket", b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Version: 13"), MALFORMED),
+        (
+            "h2c",
+            post(
+                b"Connection: Upgrade, HTTP2-Settings",
+                b"Upgrade: h2c",
+                b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+            ),
+            MALFORMED,
+        ),
+        (
+            "websocket",
+            post(
+                b"Connection: Upgrade",
+                b"Upgrade: websocket",
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                b"Sec-WebSocket-Version: 13",
+            ),
+            MALFORMED,
+        ),
         ("Upgrade alone", post(b"Upgrade: HTTP/2.0"), MALFORMED),
         ("empty Upgrade", post(b"Upgrade:"), MALFORMED),
     ],
@@ -133,6 +162,8 @@ def test_bad_framing_is_refused_and_closes(
     check.refused(answer, *expected)
     assert answer.closed
     assert check.forwarded() == []
+
+
 GZIPPED = gzip.compress(BODY)
 CONTENT_ENCODING = {
     "gzip": (b"Content-Encoding: gzip", GZIPPED),
@@ -207,7 +238,9 @@ def test_smuggled_request_after_a_good_one_is_refused_and_closes(stack: Stack, c
     check = Invariant(stack, canary)
     good = mint(stack, "orders:read")
     smuggled = b"0\r\n\r\nGET http://" + canary.authority.encode() + b"/ HTTP/1.1\r\nHost: x\r\n\r\n"
-    smuggle = head(POST, [JSON, f"Content-Length: {len(smuggled)}".encode(), b"Transfer-Encoding: chunked"], good)
+    smuggle = head(
+        POST, [JSON, f"Content-Length: {len(smuggled)}".encode(), b"Transfer-Encoding: chunked"], good
+    )
     with Conn(stack.port, tls_context(stack.root)) as conn:
         conn.send(get(good) + smuggle + smuggled)
         first, second = conn.answer(), conn.answer(wait_close=True)
@@ -227,7 +260,9 @@ def test_request_hidden_in_a_body_is_only_ever_body(stack: Stack, canary: Canary
     assert check.forwarded() == []
 
 
-def test_bytes_past_content_length_are_a_new_request_from_the_same_caller(stack: Stack, canary: Canary) -> None:
+def test_bytes_past_content_length_are_a_new_request_from_the_same_caller(
+    stack: Stack, canary: Canary
+) -> None:
     """Content-Length shorter than what is sent: the rest is parsed as the caller's next request and
     goes through every gate again (here: refused as non-canonical), never appended to the first."""
     check = Invariant(stack, canary)

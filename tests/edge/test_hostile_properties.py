@@ -15,29 +15,84 @@ from __future__ import annotations
 import json
 
 import h11
-from hostile import Canary, Invariant, mint, order_body, request_bytes, send_raw, tls_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stack import Stack
 
+from hostile import Canary, Invariant, mint, order_body, request_bytes, send_raw, tls_context
+from stack import Stack
 from ztb.edge import hygiene
 
 # -- sans-I/O: the raw-head check never disagrees with h11 ------------------------------------
 
 METHODS = st.sampled_from([b"GET", b"POST", b"PUT", b"get", b"CONNECT", b"OPTIONS", b"PRI", b"G\tET", b""])
 TARGET_PIECES = st.sampled_from(
-    [b"/", b"a", b"orders.api.internal", b"%2E", b"%2F", b"..", b".", b"\\", b"?", b"#", b"%00", b"%25",
-     b";", b"*", b"http://x", b"\x00", b"\x7f", b"\xc3\xa9", b" ", b"\t", b"@", b":443"]
+    [
+        b"/",
+        b"a",
+        b"orders.api.internal",
+        b"%2E",
+        b"%2F",
+        b"..",
+        b".",
+        b"\\",
+        b"?",
+        b"#",
+        b"%00",
+        b"%25",
+        b";",
+        b"*",
+        b"http://x",
+        b"\x00",
+        b"\x7f",
+        b"\xc3\xa9",
+        b" ",
+        b"\t",
+        b"@",
+        b":443",
+    ]
 )
 TARGETS = st.lists(TARGET_PIECES, min_size=0, max_size=8).map(b"".join)
 VERSIONS = st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"http/1.1", b"HTTP/1.1 ", b""])
 NAMES = st.sampled_from(
-    [b"Host", b"host", b"Content-Length", b"Transfer-Encoding", b"transfer-encoding", b"Upgrade",
-     b"Connection", b"X-Request-Id", b"Expect", b"Content-Type", b"X A", b"", b"Host ", b"TE"]
+    [
+        b"Host",
+        b"host",
+        b"Content-Length",
+        b"Transfer-Encoding",
+        b"transfer-encoding",
+        b"Upgrade",
+        b"Connection",
+        b"X-Request-Id",
+        b"Expect",
+        b"Content-Type",
+        b"X A",
+        b"",
+        b"Host ",
+        b"TE",
+    ]
 )
 VALUES = st.sampled_from(
-    [b"chunked", b"CHUNKED", b",chunked", b"chunked, identity", b"0", b"5", b"5, 5", b"+5", b"-1",
-     b"x", b"", b" a ", b"a\x00b", b"\xff", b"h2c", b"100-continue", b"close", b"a\tb", b"\x0b"]
+    [
+        b"chunked",
+        b"CHUNKED",
+        b",chunked",
+        b"chunked, identity",
+        b"0",
+        b"5",
+        b"5, 5",
+        b"+5",
+        b"-1",
+        b"x",
+        b"",
+        b" a ",
+        b"a\x00b",
+        b"\xff",
+        b"h2c",
+        b"100-continue",
+        b"close",
+        b"a\tb",
+        b"\x0b",
+    ]
 )
 EOLS = st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r"])
 HEADER_LINES = st.lists(
@@ -94,9 +149,36 @@ def test_check_never_raises_on_any_bytes(data: bytes) -> None:
 ALLOWED_STATUS = {200, 201, 400, 401, 403, 404, 408, 413, 415, 431}
 UP = "/orders.api.internal"
 PATH_PIECES = st.sampled_from(
-    ["/v1", "/orders", "/create", "/", "//", "/.", "/..", "%2E", "%2e", "%2F", "%5C", "%00", "%252E", "\\",
-     ";x=1", "?limit=5", "?limit=1&limit=2", "?cursor=a", "?x=1", "#f", "6f1c2a9e-4b7d-4e1a-9c3f-2d8b5e0a7c41",
-     "%C0%AE", "\u00e9", "\x01", "@127.0.0.1", ":80", "ORDERS", "."]
+    [
+        "/v1",
+        "/orders",
+        "/create",
+        "/",
+        "//",
+        "/.",
+        "/..",
+        "%2E",
+        "%2e",
+        "%2F",
+        "%5C",
+        "%00",
+        "%252E",
+        "\\",
+        ";x=1",
+        "?limit=5",
+        "?limit=1&limit=2",
+        "?cursor=a",
+        "?x=1",
+        "#f",
+        "6f1c2a9e-4b7d-4e1a-9c3f-2d8b5e0a7c41",
+        "%C0%AE",
+        "\u00e9",
+        "\x01",
+        "@127.0.0.1",
+        ":80",
+        "ORDERS",
+        ".",
+    ]
 )
 REQUEST_TARGETS = st.one_of(
     st.lists(PATH_PIECES, max_size=6).map(lambda parts: UP + "".join(parts)),
@@ -105,34 +187,56 @@ REQUEST_TARGETS = st.one_of(
 )
 EXTRA_HEADERS = st.lists(
     st.sampled_from(
-        [("X-Forwarded-Host", "{canary}"), ("Forwarded", "host={canary}"), ("X-Original-URL", "http://{canary}/"),
-         ("X-Request-Id", "abc"), ("Content-Encoding", "gzip"), ("Connection", "close"), ("TE", "trailers"),
-         ("Expect", "100-continue"), ("Cookie", "a=b"), ("X-Rewrite-URL", "/admin"), ("Max-Forwards", "0")]
+        [
+            ("X-Forwarded-Host", "{canary}"),
+            ("Forwarded", "host={canary}"),
+            ("X-Original-URL", "http://{canary}/"),
+            ("X-Request-Id", "abc"),
+            ("Content-Encoding", "gzip"),
+            ("Connection", "close"),
+            ("TE", "trailers"),
+            ("Expect", "100-continue"),
+            ("Cookie", "a=b"),
+            ("X-Rewrite-URL", "/admin"),
+            ("Max-Forwards", "0"),
+        ]
     ),
     max_size=4,
     unique=True,
 )
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=10,
 )
 BODIES = st.one_of(
     st.just(order_body()),
     JSON_VALUES.map(lambda v: json.dumps(v).encode()),
-    st.builds(lambda key, value: json.dumps({**json.loads(order_body()), key: value}).encode(), st.sampled_from(["note", "currency", "items"]), JSON_VALUES),
+    st.builds(
+        lambda key, value: json.dumps({**json.loads(order_body()), key: value}).encode(),
+        st.sampled_from(["note", "currency", "items"]),
+        JSON_VALUES,
+    ),
     st.binary(max_size=200),
 )
 NETWORK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def exchange(stack: Stack, canary: Canary, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> None:
+def exchange(
+    stack: Stack, canary: Canary, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+) -> None:
     check = Invariant(stack, canary, validated=[body])
     scope = "orders:create" if method == "POST" else "orders:read"
     filled = [(k, v.replace("{canary}", canary.authority)) for k, v in headers]
     if body:
         filled.append(("Content-Type", "application/json"))
-    raw = request_bytes(method, target.encode("utf-8"), [("Authorization", f"Bearer {mint(stack, scope)}"), *filled], body)
+    raw = request_bytes(
+        method, target.encode("utf-8"), [("Authorization", f"Bearer {mint(stack, scope)}"), *filled], body
+    )
     answer = send_raw(stack.port, tls_context(stack.root), raw)
     assert answer.status in ALLOWED_STATUS, (answer.status, answer.body)
     if answer.status >= 400:
@@ -141,7 +245,11 @@ def exchange(stack: Stack, canary: Canary, method: str, target: str, headers: li
 
 
 @NETWORK
-@given(method=st.sampled_from(["GET", "POST", "DELETE", "OPTIONS", "CONNECT"]), target=REQUEST_TARGETS, headers=EXTRA_HEADERS)
+@given(
+    method=st.sampled_from(["GET", "POST", "DELETE", "OPTIONS", "CONNECT"]),
+    target=REQUEST_TARGETS,
+    headers=EXTRA_HEADERS,
+)
 def test_generated_targets_and_headers_keep_the_invariant(
     stack: Stack, canary: Canary, method: str, target: str, headers: list[tuple[str, str]]
 ) -> None:

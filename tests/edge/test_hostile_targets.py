@@ -8,6 +8,7 @@ upstream or the canary. Headers that name another host never change where a call
 from __future__ import annotations
 
 import pytest
+
 from hostile import Canary, Invariant, mint, request_bytes, send_raw, tls_context
 from stack import Stack
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from hostile import (
     Answer,
     Canary,
@@ -30,7 +31,6 @@ from hostile import (
     write_limits,
 )
 from stack import Stack
-
 from ztb import pki
 
 MAX_RESPONSE = 65536
@@ -65,13 +65,21 @@ def server_cert(name: str, ca: pki.Issued) -> tuple[pki.Issued, str]:
         cert = pki.issue_leaf(ca, "localhost", eku=[pki.CLIENT_AUTH], **common)
     elif name == "expired.api.internal":
         cert = pki.issue_leaf(
-            ca, "localhost", eku=[pki.SERVER_AUTH], not_before=now - dt.timedelta(days=30),
-            not_after=now - dt.timedelta(days=1), **common,
+            ca,
+            "localhost",
+            eku=[pki.SERVER_AUTH],
+            not_before=now - dt.timedelta(days=30),
+            not_after=now - dt.timedelta(days=1),
+            **common,
         )
     elif name == "notyet.api.internal":
         cert = pki.issue_leaf(
-            ca, "localhost", eku=[pki.SERVER_AUTH], not_before=now + dt.timedelta(days=1),
-            not_after=now + dt.timedelta(days=30), **common,
+            ca,
+            "localhost",
+            eku=[pki.SERVER_AUTH],
+            not_before=now + dt.timedelta(days=1),
+            not_after=now + dt.timedelta(days=30),
+            **common,
         )
     elif name == "otherca.api.internal":
         cert = pki.issue_server(pki.new_ca("another CA"), ["localhost"], ["127.0.0.1"])
@@ -98,20 +106,53 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             folder.mkdir()
             cert, pin = server_cert(name, ca)
             cert.write(folder / "cert.pem", folder / "key.pem")
-            server = HostileUpstream(folder / "cert.pem", folder / "key.pem", root / "ca" / "ca.pem", canary.authority, MAX_RESPONSE)
+            server = HostileUpstream(
+                folder / "cert.pem",
+                folder / "key.pem",
+                root / "ca" / "ca.pem",
+                canary.authority,
+                MAX_RESPONSE,
+            )
             port = running.loop.run(server.start())
             servers[name] = server
-            upstreams[name] = {"url": f"https://127.0.0.1:{port}", "ca": "ca/ca.pem", "spki": [pin], "timeout_ms": 1000}
+            upstreams[name] = {
+                "url": f"https://127.0.0.1:{port}",
+                "ca": "ca/ca.pem",
+                "spki": [pin],
+                "timeout_ms": 1000,
+            }
             slug = name.split(".")[0]
             if name == HOSTILE:
                 for path in ("redirect", "headers", "big", "slow"):
-                    routes.append({"id": f"{slug}.{path}", "upstream": name, "method": "GET", "path": f"/{path}", "scope": f"{slug}:read"})
-                routes.append({
-                    "id": f"{slug}.redirect-allowed", "upstream": name, "method": "GET", "path": "/redirect-allowed",
-                    "scope": f"{slug}:read", "response_headers": ["content-type", "location"],
-                })
+                    routes.append(
+                        {
+                            "id": f"{slug}.{path}",
+                            "upstream": name,
+                            "method": "GET",
+                            "path": f"/{path}",
+                            "scope": f"{slug}:read",
+                        }
+                    )
+                routes.append(
+                    {
+                        "id": f"{slug}.redirect-allowed",
+                        "upstream": name,
+                        "method": "GET",
+                        "path": "/redirect-allowed",
+                        "scope": f"{slug}:read",
+                        "response_headers": ["content-type", "location"],
+                    }
+                )
             else:
-                routes.append({"id": f"{slug}.ping", "upstream": name, "method": "GET", "path": "/v1/ping", "scope": f"{slug}:read"})
+                routes.append(
+                    {
+                        "id": f"{slug}.ping",
+                        "upstream": name,
+                        "method": "GET",
+                        "path": "/v1/ping",
+                        "scope": f"{slug}:read",
+                    }
+                )
             grants[name] = [f"{slug}:read"]
         add_to_registry(root, upstreams=upstreams, routes=routes, grants={"svc.checkout": grants})
         write_limits(root, max_response_bytes=MAX_RESPONSE)
@@ -135,7 +176,7 @@ def canary(env: Env) -> Canary:
 
 
 def call(env: Env, upstream: str, path: str) -> Answer:
-    token = mint(env.stack, f"{upstream.split('.')[0]}:read", upstream)
+    token = mint(env.stack, f"{upstream.split('.', maxsplit=1)[0]}:read", upstream)
     raw = request_bytes("GET", f"/{upstream}{path}", [("Authorization", f"Bearer {token}")])
     return send_raw(env.stack.port, tls_context(env.stack.root), raw)
 
@@ -149,8 +190,17 @@ def outcome(env: Env, answer: Answer) -> tuple[dict[str, Any], dict[str, Any]]:
     return entry, env.stack.entry_of(call_id, "result")
 
 
-LEAKED = ["x-internal-debug", "set-cookie", "server", "x-powered-by", "access-control-allow-origin",
-          "www-authenticate", "strict-transport-security", "refresh", "link"]
+LEAKED = [
+    "x-internal-debug",
+    "set-cookie",
+    "server",
+    "x-powered-by",
+    "access-control-allow-origin",
+    "www-authenticate",
+    "strict-transport-security",
+    "refresh",
+    "link",
+]
 
 
 def test_redirect_is_not_followed_and_loses_its_location(env: Env) -> None:
@@ -215,11 +265,17 @@ EXPECTED_CERT = {
 
 
 @pytest.mark.parametrize("upstream", list(CERT_CASES), ids=list(CERT_CASES.values()))
-def test_upstream_certificate_not_pinned_or_not_fit_gets_502_and_nothing_sent(env: Env, upstream: str) -> None:
+def test_upstream_certificate_not_pinned_or_not_fit_gets_502_and_nothing_sent(
+    env: Env, upstream: str
+) -> None:
     check = Invariant(env.stack, env.canary, recorders=list(env.by_name.values()))
     answer = call(env, upstream, "/v1/ping")
     assert answer.status == 502, answer.body
-    assert answer.error == {"gate": "egress", "reason": EXPECTED_CERT[upstream], "call_id": answer.error["call_id"]}
+    assert answer.error == {
+        "gate": "egress",
+        "reason": EXPECTED_CERT[upstream],
+        "call_id": answer.error["call_id"],
+    }
     _, result = outcome(env, answer)
     assert (result["error"], result["forwarded"]) == (EXPECTED_CERT[upstream], False)
     assert env.by_name[upstream].received == []  # not one request byte reached it

@@ -12,7 +12,18 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from hostile import Canary, Conn, Invariant, hostile_deployment, mint, order_body, start, tls_context, write_limits
+
+from hostile import (
+    Canary,
+    Conn,
+    Invariant,
+    hostile_deployment,
+    mint,
+    order_body,
+    start,
+    tls_context,
+    write_limits,
+)
 from stack import Stack
 
 LIMIT_S = 1.0
@@ -64,7 +75,10 @@ def dribble(conn: Conn, data: bytes, pause_s: float, *, during: Stack | None = N
 
 def head(token: str, *lines: bytes, target: str = LIST, method: str = "GET") -> bytes:
     first = f"{method} {target} HTTP/1.1".encode()
-    return b"\r\n".join([first, b"Host: 127.0.0.1", f"Authorization: Bearer {token}".encode(), *lines]) + b"\r\n\r\n"
+    return (
+        b"\r\n".join([first, b"Host: 127.0.0.1", f"Authorization: Bearer {token}".encode(), *lines])
+        + b"\r\n\r\n"
+    )
 
 
 def assert_within_limit(elapsed: float) -> None:
@@ -85,7 +99,11 @@ def test_head_dribbled_byte_by_byte_gets_408_within_the_limit(stack: Stack, cana
 
 @pytest.mark.parametrize(
     "partial",
-    [b"GET /orders.api.in", b"GET " + LIST.encode() + b" HTTP/1.1\r\nHost: x\r\nX-A: b", b"GET " + LIST.encode() + b" HTTP/1.1\r\n"],
+    [
+        b"GET /orders.api.in",
+        b"GET " + LIST.encode() + b" HTTP/1.1\r\nHost: x\r\nX-A: b",
+        b"GET " + LIST.encode() + b" HTTP/1.1\r\n",
+    ],
     ids=["half a request line", "head without its blank line", "request line only"],
 )
 def test_head_that_never_ends_gets_408(stack: Stack, canary: Canary, partial: bytes) -> None:
@@ -106,7 +124,9 @@ def test_body_that_stalls_gets_408_within_the_limit(stack: Stack, canary: Canary
     json_type = b"Content-Type: application/json"
     with Conn(stack.port, tls_context(stack.root)) as conn:
         if framing == "chunked":
-            conn.send(head(mint(stack), json_type, b"Transfer-Encoding: chunked", method="POST", target=CREATE))
+            conn.send(
+                head(mint(stack), json_type, b"Transfer-Encoding: chunked", method="POST", target=CREATE)
+            )
             conn.started = time.monotonic()
             conn.send(f"{len(BODY):x}\r\n".encode() + BODY[:100])
         else:
@@ -144,9 +164,14 @@ def test_too_many_headers_get_431(stack: Stack, canary: Canary) -> None:
     "build",
     [
         pytest.param(lambda t: head(t, b"X-Big: " + b"a" * 17000), id="one 17 KiB header"),
-        pytest.param(lambda t: head(t, *[f"X-H{i}: ".encode() + b"b" * 500 for i in range(40)]), id="40 headers of 500 bytes"),
+        pytest.param(
+            lambda t: head(t, *[f"X-H{i}: ".encode() + b"b" * 500 for i in range(40)]),
+            id="40 headers of 500 bytes",
+        ),
         pytest.param(lambda t: b"GET /" + b"a" * 20000, id="20 KiB request line, no line end"),
-        pytest.param(lambda t: head(t, target="/orders.api.internal/" + "x/" * 9000 + "y"), id="18 KiB target"),
+        pytest.param(
+            lambda t: head(t, target="/orders.api.internal/" + "x/" * 9000 + "y"), id="18 KiB target"
+        ),
     ],
 )
 def test_header_block_too_large_gets_431(stack: Stack, canary: Canary, build: object) -> None:
@@ -177,7 +202,9 @@ def test_idle_connections_are_closed_while_a_normal_caller_is_served(stack: Stac
     check = Invariant(stack, canary)
     started = time.monotonic()
     idle_tls = [Conn(stack.port, tls_context(stack.root)).tls for _ in range(8)]  # handshaken, then silent
-    idle_tcp = [socket.create_connection(("127.0.0.1", stack.port), timeout=5) for _ in range(4)]  # no TLS at all
+    idle_tcp = [
+        socket.create_connection(("127.0.0.1", stack.port), timeout=5) for _ in range(4)
+    ]  # no TLS at all
     try:
         assert normal_call(stack) == 200
         for sock in [*idle_tls, *idle_tcp]:
