@@ -179,10 +179,11 @@ class Listener:
         except Exception:  # a bug must cost one connection, never the listener
             log.exception("connection failed")
         finally:
-            self._tasks.discard(task)
             writer.close()
+            # Still counted (cap, drain) until closed: a peer that stalls the TLS close holds a slot.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
+            self._tasks.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
