@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from redis_server import RedisServer, shared_redis_url
 from stack import Stack
 
 
@@ -32,5 +32,17 @@ def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
         running.close()
 
 
-def redis_required() -> bool:
-    return os.environ.get("ZTB_REQUIRE_REDIS") == "1"
+@pytest.fixture
+def redis_url() -> str:
+    """The machine's Redis; skipped when absent, a failure when ZTB_REQUIRE_REDIS=1."""
+    return shared_redis_url()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server on a free port, without persistence, for tests that stop it."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -31,6 +31,7 @@ import yaml
 from stack import Stack
 from ztb.client import client_context
 from ztb.config import load_registry
+from ztb.deploy import sign_registry_with_dev_keys
 from ztb.gates.target import lookup
 from ztb.sample.local import LoopThread
 
@@ -328,6 +329,7 @@ def add_to_registry(
     for identity, per_upstream in grants.items():
         registry["grants"].setdefault(identity, {}).update(per_upstream)
     path.write_text(yaml.safe_dump(registry, sort_keys=False), encoding="utf-8")
+    sign_registry_with_dev_keys(root)  # a changed registry takes effect only once approved again
 
 
 class HostileUpstream:

@@ -1,7 +1,7 @@
 """A real deployment under test: `ztb init` files, the recording sample upstream and the broker,
 running on their own event loop in a background thread, on free loopback ports.
 
-Tests talk to it over real TLS sockets with `ztb.client.Caller` or raw `ssl` sockets, read what
+Tests talk to it over real TLS sockets with `ztb.client` (`stack.caller()`) or raw `ssl` sockets, read what
 the upstream received (`upstream.received`) and read the audit log from disk.
 """
 
@@ -23,7 +23,9 @@ class Stack(LocalDeployment):
     def entries(self) -> list[dict[str, Any]]:
         lines: list[dict[str, Any]] = []
         for segment in sorted(self.log_dir.glob("*.jsonl")):
-            lines.extend(json.loads(line) for line in segment.read_bytes().splitlines())
+            data = segment.read_bytes()
+            whole = data[: data.rfind(b"\n") + 1]  # a line still being written is not read yet
+            lines.extend(json.loads(line) for line in whole.splitlines())
         return lines
 
     def wait_for(self, predicate: Any, timeout: float = 5.0) -> list[dict[str, Any]]:

@@ -39,6 +39,12 @@ FILES = [
     "schemas/order.create.v3.json",
     "broker.yaml",
     "registry.yaml",
+    "registry.sig",
+    "approvers.yaml",
+    "approvers/dev-approver-1.key",
+    "approvers/dev-approver-1.pub",
+    "approvers/dev-approver-2.key",
+    "approvers/dev-approver-2.pub",
     "README.md",
 ]
 KEYS = [f for f in FILES if f.endswith((".key", "key.pem"))]

@@ -4,12 +4,15 @@ Data flows one way: the edge hands over a parsed request; the pipeline decides (
 `call` entry); an allowed call goes out through the upstream pool; its `result` entry is made
 durable; the reply goes back to the edge. The token endpoint and the edge's own refusals
 (malformed requests, TLS rejections) are recorded here too, so every path ends in an entry.
-This module never parses HTTP and never touches a socket directly.
+It also puts a (re)loaded registry in force: atomically for calls arriving from then on, with
+a `registry` entry; a call keeps the registry it arrived under. This module never parses HTTP
+and never touches a socket directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Iterable
@@ -28,14 +31,16 @@ from ztb.gates.egress import EgressGate
 from ztb.gates.identity import IdentityGate
 from ztb.gates.pipeline import Pipeline
 from ztb.gates.record import caller_fields
-from ztb.gates.scope import ScopeGate, mint_request
+from ztb.gates.scope import ScopeGate, grant, parse_mint_request
 from ztb.gates.shape import ShapeGate
 from ztb.gates.target import lookup
 from ztb.metrics import Metrics
+from ztb.oplog import event
 from ztb.reasons import Reason
 from ztb.tokens.format import new_token, token_hash, token_id
 from ztb.tokens.store import StoreUnavailable, TokenRecord, TokenStore
 
+log = logging.getLogger("ztb.broker")
 TOKEN_PATH = "/.ztb/token"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -78,6 +83,7 @@ class Broker:
         self.store = store
         self.audit = audit
         self.upstreams = upstreams
+        self.in_flight = 0  # data-plane calls being handled now
         self._ttl = config.token_ttl_s
         self._durability_s = config.audit.durability_timeout_ms / 1000
         self.pipeline = Pipeline(
@@ -110,6 +116,15 @@ class Broker:
         )
 
     async def handle(self, call: Call) -> Reply:
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            return await self._handle(call)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    async def _handle(self, call: Call) -> Reply:
         deny = await self.pipeline.run(call)
         self._count(call, deny)
         if deny is not None:
@@ -129,10 +144,14 @@ class Broker:
             headers.append(("content-type", forward.content_type))
         outcome = await self.upstreams.send(upstream, call.method, forward.path, headers, forward.body)
         self.metrics.upstream_seconds.labels(upstream.name).observe(outcome.elapsed_ms / 1000)
+        if isinstance(outcome, UpstreamFailure):
+            self._upstream_failed(upstream.name, outcome)
         result = self.audit.append("result", _result_fields(call.call_id, outcome))
         # The upstream has acted: the reply is released even if this wait times out (the writer
         # then reports not-writable and new calls are refused until the log recovers).
+        started = time.perf_counter()
         await self.audit.durable(result.seq, self._durability_s)
+        self.metrics.durability_seconds.labels("result").observe(time.perf_counter() - started)
         extra = [("ztb-call-id", call.call_id)]
         if call.next_token is not None:
             extra.append(("ztb-next-token", call.next_token))
@@ -143,13 +162,40 @@ class Broker:
         return Reply(outcome.status, (*kept, *extra), outcome.body)
 
     def _count(self, call: Call, deny: Deny | None) -> None:
+        metrics = self.metrics
         route = call.lookup.route
         upstream = route.upstream if route is not None else ""
         if deny is None:
-            self.metrics.calls.labels("ALLOW", "", "", upstream).inc()
+            metrics.calls.labels("ALLOW", "", "", upstream).inc()
         else:
-            self.metrics.calls.labels("DENY", deny.gate.value, deny.reason.value, upstream).inc()
-        self.metrics.decision_seconds.observe(time.perf_counter() - call.arrived)
+            metrics.calls.labels("DENY", deny.gate.value, deny.reason.value, upstream).inc()
+        if call.decided is not None:
+            metrics.gates_seconds.observe(call.decided - call.arrived)
+        if call.durable_wait_s is not None:
+            metrics.durability_seconds.labels("call").observe(call.durable_wait_s)
+        token = call.token
+        expired = deny is not None and deny.reason is Reason.TOKEN_EXPIRED
+        if token is not None and (token.scope is not None or expired):
+            metrics.tokens_consumed.inc()
+        if deny is not None and deny.reason is Reason.TOKEN_STORE_UNAVAILABLE:
+            self._store_failed("take")
+
+    def _store_failed(self, operation: str) -> None:
+        self.metrics.store_errors.labels(operation).inc()
+        event(log, logging.ERROR, "token_store_error", operation=operation, store=self.config.token_store)
+
+    def _upstream_failed(self, name: str, failure: UpstreamFailure) -> None:
+        self.metrics.upstream_failures.labels(name, failure.reason.value).inc()
+        level = logging.ERROR if failure.reason is Reason.UPSTREAM_PIN_MISMATCH else logging.WARNING
+        event(
+            log,
+            level,
+            "upstream_failed",
+            upstream=name,
+            reason=failure.reason.value,
+            forwarded=failure.forwarded,
+            detail=failure.detail[:200],
+        )
 
     def _close_unforwarded(self, call: Call, reason: Reason) -> None:
         """An ALLOW entry that could not be made durable: a `result` closes it once the log can."""
@@ -170,11 +216,12 @@ class Broker:
         route = call.lookup.route
         if route is None or call.identity is None:
             return None
-        issued = await self._issue(call.identity, route.upstream, route.scope, call.peer.thumbprint, call.now)
-        return issued
+        return await self._issue(
+            call.identity, route.upstream, route.scope, call.peer.thumbprint, call.now, "rotation"
+        )
 
     async def _issue(
-        self, identity: str, upstream: str, scope: str, thumbprint: str, now: float
+        self, identity: str, upstream: str, scope: str, thumbprint: str, now: float, how: str
     ) -> tuple[str, str] | None:
         token = new_token()
         digest = token_hash(token)
@@ -183,8 +230,9 @@ class Broker:
             async with asyncio.timeout(1.0):
                 await self.store.put(digest, record)
         except (StoreUnavailable, TimeoutError):
+            self._store_failed("put")
             return None
-        self.metrics.tokens_minted.inc()
+        self.metrics.tokens_minted.labels(how).inc()
         return token, token_id(digest)
 
     # -- the token endpoint -------------------------------------------------------------------
@@ -200,11 +248,13 @@ class Broker:
             "upstream": None,
             "scope": None,
         }
-        decided = Deny(Reason.UNKNOWN_SPKI) if identity is None else mint_request(registry, identity, body)
+        asked = parse_mint_request(body)
+        if isinstance(asked, tuple):  # recorded as asked, granted or not
+            fields["upstream"], fields["scope"] = asked
+        decided = Deny(Reason.UNKNOWN_SPKI) if identity is None else grant(registry, identity, asked)
         issued: tuple[str, str] | None = None
         if identity is not None and isinstance(decided, tuple):
-            fields["upstream"], fields["scope"] = decided
-            issued = await self._issue(identity, decided[0], decided[1], peer.thumbprint, now)
+            issued = await self._issue(identity, decided[0], decided[1], peer.thumbprint, now, "mint")
             if issued is None:
                 decided = Deny(Reason.TOKEN_STORE_UNAVAILABLE)
         if isinstance(decided, Deny) or issued is None:
@@ -276,6 +326,30 @@ class Broker:
 
     def start_fields(self) -> dict[str, str]:
         return {"version": __version__, "registry_sha256": self.registry.sha256}
+
+    # -- the registry in force ----------------------------------------------------------------
+
+    def announce_registry(self, previous: Registry | None) -> None:
+        """The `registry` entry for the registry in force (after start, or a reload)."""
+        registry = self.registry
+        fields: dict[str, Any] = {"registry_sha256": registry.sha256}
+        if registry.approval is not None:  # always set for a registry loaded from a deployment
+            fields.update(registry.approval.audit_fields())
+        if previous is not None:
+            fields["previous_sha256"] = previous.sha256
+        self.audit.append("registry", fields)
+        self.metrics.registry_in_force(registry.sha256)
+
+    def use_registry(self, registry: Registry) -> None:
+        """Put `registry` in force for calls arriving from now on; calls in flight keep theirs.
+
+        One assignment on the event loop: no call ever sees half of one registry and half of
+        another. Pooled upstream connections of upstreams that changed are not reused.
+        """
+        previous = self.registry
+        self.registry = registry
+        self.upstreams.keep_only(registry.upstreams.values())
+        self.announce_registry(previous)
 
 
 def _result_fields(call_id: str, outcome: UpstreamResponse | UpstreamFailure) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 from ztb.audit.keys import kid_of, load_public_key
 from ztb.audit.reader import find_logs, read_entries
 from ztb.audit.verify import verify_logs
-from ztb.client import Response
+from ztb.client import BrokerError, Response
 from ztb.deploy import sample_order
 from ztb.sample.local import SAMPLE_UPSTREAM, LocalDeployment
 
@@ -63,22 +63,31 @@ class Story:
             time.sleep(0.02)
         return None
 
-    def record(self, step: Step, response: Response, received_before: int) -> None:
-        error = response.error
-        step.got = (
-            str(response.status) if error is None else f"{response.status} {error['gate']}/{error['reason']}"
-        )
-        call_id = response.headers.get("ztb-call-id") or (error or {}).get("call_id")
+    def record(self, step: Step, response: Response | BrokerError, received_before: int) -> None:
+        if isinstance(response, BrokerError):
+            step.got = f"{response.status} {response.gate}/{response.reason}"
+            call_id = response.call_id
+        else:
+            error = response.error
+            step.got = (
+                str(response.status)
+                if error is None
+                else f"{response.status} {error['gate']}/{error['reason']}"
+            )
+            call_id = response.call_id
         entry = self.wait_entry(lambda e: e.get("call_id") == call_id and e["kind"] in ("call", "token"))
         step.seq = str(entry["seq"]) if entry else "missing"
         step.upstream_saw = len(self.local.upstream.received) > received_before
         self.steps.append(step)
 
-    def run_call(self, step: Step, send: Callable[[], Response]) -> Response:
+    def run_call(self, step: Step, send: Callable[[], Response]) -> None:
+        """Run one step; the library's typed refusals are recorded like any other answer."""
         before = len(self.local.upstream.received)
-        response = send()
+        try:
+            response: Response | BrokerError = send()
+        except BrokerError as refused:
+            response = refused
         self.record(step, response, before)
-        return response
 
     def fresh_token(self, scope: str = "orders:create") -> str:
         return self.checkout.mint(SAMPLE_UPSTREAM, scope)
@@ -93,6 +102,14 @@ class Story:
             lambda: c.call("POST", SAMPLE_UPSTREAM, CREATE, token=minted, body=self.order),
         )
         leaked = minted
+        for action in (
+            "ztb.client: another order (mints on demand)",
+            "ztb.client: one more (ZTB-Next-Token)",
+        ):
+            self.run_call(
+                Step("svc.checkout", action, "201"),
+                lambda: c.post(SAMPLE_UPSTREAM, CREATE, scope="orders:create", body=self.order),
+            )
         self.no_certificate()
         self.run_call(
             Step(
@@ -144,23 +161,20 @@ class Story:
                 {"Content-Type": "application/json"},
             ),
         )
-        read_token = r.mint(SAMPLE_UPSTREAM, "orders:read")
         self.run_call(
             Step("svc.reports", "lists orders with its own orders:read token", "200"),
-            lambda: r.call("GET", SAMPLE_UPSTREAM, "/v1/orders?limit=5", token=read_token),
+            lambda: r.get(SAMPLE_UPSTREAM, "/v1/orders?limit=5", scope="orders:read"),
         )
         bad = json.loads(self.order)
         bad["items"][0]["qty"] = "1; DROP TABLE orders"
         self.run_call(
             Step("svc.checkout", "sends a body that breaks the schema", "400 shape/schema_violation"),
-            lambda: c.call(
-                "POST", SAMPLE_UPSTREAM, CREATE, token=self.fresh_token(), body=json.dumps(bad).encode()
-            ),
+            lambda: c.post(SAMPLE_UPSTREAM, CREATE, scope="orders:create", json=bad),
         )
         huge = json.dumps({**sample_order(), "note": "x" * 100_000}).encode()
         self.run_call(
             Step("svc.checkout", "sends a 100 KB body (cap 64 KiB)", "413 shape/body_too_large"),
-            lambda: c.call("POST", SAMPLE_UPSTREAM, CREATE, token=self.fresh_token(), body=huge),
+            lambda: c.post(SAMPLE_UPSTREAM, CREATE, scope="orders:create", body=huge),
         )
 
     def _bearer(self) -> dict[str, str]:

@@ -21,13 +21,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ztb import pki
+from ztb.audit.keys import SigningKey
 from ztb.config import ConfigError, load_broker_config, load_registry
+from ztb.config.approvals import APPROVERS_FILE, sign
+from ztb.config.registry import validate_registry
 
 CALLERS = ("svc.checkout", "svc.reports")
 UPSTREAM = "orders.api.internal"
 EGRESS_CN = "ztb-broker-egress"
 SCHEMA_NAME = "order.create.v3"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+# Two development approvers, both needed (M = 2). Their private keys sit in the deployment
+# beside their public keys: development only; a real deployment's approvers keep their own keys.
+DEV_APPROVERS = ("dev-approver-1", "dev-approver-2")
+APPROVERS_DIR = "approvers"
 
 UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
@@ -204,9 +212,37 @@ def _write_all(
     (d / "registry.yaml").write_text(
         _registry_yaml(caller_pins, upstream.pin, upstream_port), encoding="utf-8"
     )
+    (d / APPROVERS_DIR).mkdir()
+    for name in DEV_APPROVERS:
+        SigningKey.generate().save(d / APPROVERS_DIR / f"{name}.key")
+    (d / APPROVERS_FILE).write_text(_approvers_yaml(), encoding="utf-8")
+    sign_registry_with_dev_keys(d)
     (d / "README.md").write_text(_readme(), encoding="utf-8")
     # mkdtemp made the staging folder 0700; keys inside are 0600 either way.
     os.chmod(d, 0o700)
+
+
+def sign_registry_with_dev_keys(root: Path) -> None:
+    """Approve `root`'s registry.yaml as it is now with the development approver keys `ztb init`
+    made (approvers/dev-approver-*.key), after checking it is a valid registry. Development and
+    tests only: it stands for two people reviewing the change, which is the whole point."""
+    registry_bytes = validate_registry(root)
+    for name in DEV_APPROVERS:
+        sign(root, registry_bytes, SigningKey.load(root / APPROVERS_DIR / f"{name}.key"))
+
+
+def _approvers_yaml() -> str:
+    entries = "".join(f"  - name: {name}\n    key: {APPROVERS_DIR}/{name}.pub\n" for name in DEV_APPROVERS)
+    return f"""\
+# approvers.yaml: who must approve registry.yaml before any broker will load it.
+# A registry takes effect only with at least `threshold` valid signatures in registry.sig, each
+# by a different approver listed here (`ztb registry sign DIR --key FILE` adds one).
+# This file is not part of the registry, so a registry can never approve itself.
+# DEVELOPMENT ONLY: the two approvers' private keys are in {APPROVERS_DIR}/; in a real deployment each
+# approver keeps their own key and only the public keys are listed here.
+threshold: 2
+approvers:
+{entries}"""
 
 
 def _broker_yaml(broker_id: str, deployment: str, broker_port: int, admin_port: int) -> str:
@@ -234,9 +270,14 @@ tls:
 # The broker's own client certificate for its mTLS connections to upstreams.
 egress: {{cert: broker/egress.pem, key: broker/egress.key}}
 
-# The signed, hash-chained audit log: its folder, the Ed25519 signing key, and how long a call
-# may wait for its entry to be durable before it is refused (503, never forwarded).
-audit: {{dir: audit, signing_key: keys/audit.key, durability_timeout_ms: 1000}}
+# The signed, hash-chained audit log: its folder, the Ed25519 signing key, how long a call may
+# wait for its entry to be durable before it is refused (503, never forwarded), and the size at
+# which a segment file is closed and the next one begun (the chain continues across segments).
+audit:
+  dir: audit
+  signing_key: keys/audit.key
+  durability_timeout_ms: 1000
+  segment_bytes: 67108864        # 64 MiB
 
 # Lifetime of minted tokens in seconds (at most 60).
 token_ttl_s: 60
@@ -245,6 +286,11 @@ token_store: memory
 
 # Health, readiness and metrics; a separate listener that never carries data-plane traffic.
 admin: {{host: 127.0.0.1, port: {admin_port}}}
+
+# SIGTERM: stop accepting, let calls in flight finish within this many seconds, write `stop`.
+drain_timeout_s: 10
+# Operational log lines (JSON on stderr, not the audit log): debug, info, warning or error.
+log_level: info
 
 # Request and response limits. Each may be tuned within bounds; none can be switched off.
 limits:
@@ -327,6 +373,9 @@ DEVELOPMENT ONLY: the CA private key is on disk (ca/ca.key). Never use these cer
 - ca/: the development CA that signs every certificate here; everyone trusts ca/ca.pem.
 - broker/: server.* is the broker's TLS server cert (localhost, 127.0.0.1, ::1); egress.* its client cert.
 - keys/: audit.key signs the audit log (Ed25519, keep secret); audit.pub is for auditors.
+- approvers.yaml: the two approvers (M = 2) whose signatures in registry.sig make registry.yaml take
+  effect; approvers/: their keys (private keys here: development only). After editing registry.yaml:
+  `ztb registry diff`, then `ztb registry sign <this folder> --key approvers/dev-approver-1.key` (and -2).
 - callers/<identity>/: client certificates of the sample callers svc.checkout and svc.reports.
 - upstreams/orders.api.internal/: the sample upstream's server certificate. schemas/: JSON Schemas.
 Next: `ztb serve <this folder>`; the audit log appears in audit/.

@@ -18,7 +18,7 @@ from stack import Stack
 LIST = "/orders.api.internal/v1/orders?limit=5"
 CREATE = "/orders.api.internal/v1/orders/create"
 MALFORMED = (400, "malformed_request")
-BAD_TE = (400, "bad_transfer_encoding")
+BAD_TE = (400, "malformed_request")  # bad framing: refused at the edge, before any gate
 CE_REFUSED = (415, "content_encoding_refused")
 BODY = order_body()
 

@@ -25,11 +25,11 @@ def h11_accepts(head: bytes) -> bool:
 LENIENT_IN_H11 = {
     "TE upper case": (
         b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n",
-        Reason.BAD_TRANSFER_ENCODING,
+        Reason.MALFORMED_REQUEST,
     ),
     "CL+TE": (
         b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-        Reason.BAD_TRANSFER_ENCODING,
+        Reason.MALFORMED_REQUEST,
     ),
     "duplicate CL": (
         b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",

@@ -7,6 +7,7 @@ and `verify_signature` must never raise: a bad key or signature is simply not va
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -124,7 +125,13 @@ def _from_pem(spec: str, data: bytes) -> bytes:
 def verify_signature(public_raw: bytes, message: bytes, signature: bytes) -> bool:
     """True when `signature` is a valid Ed25519 signature of `message`; never raises."""
     try:
-        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+        _public_key(public_raw).verify(signature, message)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(public_raw: bytes) -> Ed25519PublicKey:
+    # A verifier checks many signatures under few keys: load each key once.
+    return Ed25519PublicKey.from_public_bytes(public_raw)

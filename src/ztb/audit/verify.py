@@ -3,21 +3,31 @@
 Owns the judgement of a whole log (SPEC section 4): canonical form, known key, hash and
 signature, `seq` continuity from 0, `prev_hash` links, one version and one broker per log, and
 the category of the first break. Needs only the log files and the public keys the auditor
-trusts. It must never trust a key the auditor did not pass, never repair a log, and never
+trusts. Each line's own checks (canonical form, key, hash, signature) depend on nothing else,
+so a large log has them done on every core; the chain is then judged in order, by the same code
+for every log size. It must never trust a key the auditor did not pass, never repair a log, and never
 call a log tampered for what a crash explains (a torn tail, an unsealed end, an allowed call
 without a result): those are warnings.
 """
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+import os
 from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, NamedTuple
 
-from ztb.audit.entry import VERSION, ZERO_HASH, check_seal
+import orjson
+
+from ztb.audit.entry import VERSION, ZERO_HASH, body_of, check_seal
 from ztb.audit.jcs import canonicalize
-from ztb.audit.reader import Line, TornTail, parse_line, read_lines
+from ztb.audit.reader import LogReadError, TornTail, parse_line, read_lines
 
 __all__ = ["Break", "Category", "LogReport", "VerifyReport", "verify_logs"]
 
@@ -59,6 +69,8 @@ class LogReport:
     kinds: dict[str, int]
     sealed: bool  # the last one is a `stop`
     unknown_outcome: tuple[tuple[int, str], ...]  # (seq, call_id) of allowed calls without a result
+    crash_restarts: tuple[int, ...] = ()  # seq of each `start` that follows no `stop`: a crash
+    last_seq: int = -1  # of the last entry verified
 
     @property
     def ok(self) -> bool:
@@ -78,6 +90,7 @@ class LogReport:
             if torn is None
             else {"segment": str(torn.segment), "line": torn.number, "bytes": torn.size},
             "unknown_outcome": [{"seq": seq, "call_id": call_id} for seq, call_id in self.unknown_outcome],
+            "crash_restarts": list(self.crash_restarts),
         }
 
     def to_text(self) -> str:
@@ -99,7 +112,14 @@ class LogReport:
             )
         if self.ok:  # the end and open calls of a broken log are not trustworthy
             lines.append(
-                "  sealed (ends with stop)" if self.sealed else "  warning: tail not sealed (no stop)"
+                "  sealed (ends with stop)"
+                if self.sealed
+                else f"  warning: tail not sealed: the log ends at seq {self.last_seq} without a stop "
+                "(a crash, or entries cut from the end: only an anchor can tell)"
+            )
+            lines.extend(
+                f"  note: restart at seq {seq} after a crash (the previous instance wrote no stop)"
+                for seq in self.crash_restarts
             )
             lines.extend(
                 f"  warning: outcome unknown for call {call_id} (seq {seq}): allowed, no result entry"
@@ -126,90 +146,188 @@ class VerifyReport:
         return "\n".join([log.to_text() for log in self.logs] + [f"audit log {verdict}"])
 
 
-def verify_logs(logs: dict[str, list[Path]], trusted_keys: dict[str, bytes]) -> VerifyReport:
-    """Check every log (broker id -> ordered segments) against the trusted keys (kid -> raw key)."""
-    return VerifyReport(
-        tuple(_verify_log(broker, segments, trusted_keys) for broker, segments in logs.items())
+def verify_logs(
+    logs: dict[str, list[Path]], trusted_keys: dict[str, bytes], *, workers: int | None = None
+) -> VerifyReport:
+    """Check every log (broker id -> ordered segments) against the trusted keys (kid -> raw key).
+
+    Logs of at least PARALLEL_FROM_BYTES have their lines' own checks done on `workers`
+    processes (default: every core); the chain is always judged in order, in this process.
+    """
+    count = workers if workers is not None else os.cpu_count() or 1
+    with _Workers(count) as pool:
+        return VerifyReport(
+            tuple(_verify_log(broker, segments, trusted_keys, pool) for broker, segments in logs.items())
+        )
+
+
+# -- one line: its seal, and the facts the chain check needs ---------------------------------
+
+Verdict = tuple[Category, str]
+
+
+class _Facts(NamedTuple):
+    """What the chain check needs of one line; `verdict` says why its seal fails, if it does.
+    A tuple, because workers send a million of them (a tenth of a dataclass's pickling cost)."""
+
+    verdict: Verdict | None
+    seq: object = None
+    hash: object = None
+    prev_hash: object = None
+    kind: object = None
+    broker: object = None
+    call_id: object = None
+    decision: object = None
+
+
+_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER  # integers beyond ±(2**53-1) refused
+
+
+def _quick_canonical(data: bytes) -> tuple[dict[str, object], bytes] | None:
+    """(entry, canonical body) when the line is canonical by a quick test, else None (then the
+    full RFC 8785 check decides). Exact where it answers: for printable ASCII without escapes,
+    integers within ±(2**53-1) and no floats, orjson's sorted compact form is the JCS form."""
+    if not data.isascii() or b"\\" in data:
+        return None
+    # Without escapes every '"' opens or closes a string; outside them a float needs . e or E.
+    skeleton = b"".join(data.split(b'"')[::2]).replace(b"true", b"").replace(b"false", b"")
+    if b"." in skeleton or b"e" in skeleton or b"E" in skeleton:
+        return None
+    try:
+        entry = orjson.loads(data)
+        if not isinstance(entry, dict) or orjson.dumps(entry, option=_SORTED) != data:
+            return None
+        return entry, orjson.dumps(body_of(entry), option=_SORTED)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None
+
+
+def _line_facts(data: bytes, terminated: bool, trusted_keys: dict[str, bytes]) -> _Facts:
+    quick = _quick_canonical(data)
+    if quick is not None:
+        entry, canonical_body = quick
+        verdict = _seal_verdict(entry, terminated, trusted_keys, canonical_body)
+    else:
+        parsed = parse_line(data)
+        if parsed is None:
+            return _Facts(("modified", "not a JSON object"))
+        entry = parsed
+        verdict = _full_verdict(entry, data, terminated, trusted_keys)
+    return _Facts(
+        verdict,
+        entry.get("seq"),
+        entry.get("hash"),
+        entry.get("prev_hash"),
+        entry.get("kind"),
+        entry.get("broker"),
+        entry.get("call_id"),
+        entry.get("decision"),
     )
+
+
+def _full_verdict(
+    entry: dict[str, object], data: bytes, terminated: bool, trusted_keys: dict[str, bytes]
+) -> Verdict | None:
+    try:
+        canonical = canonicalize(entry)
+    except ValueError as exc:
+        return "non_canonical", f"has no canonical form: {exc}"
+    if canonical != data:
+        return "non_canonical", "line is not the canonical (RFC 8785) form of its entry"
+    return _seal_verdict(entry, terminated, trusted_keys, None)
+
+
+def _seal_verdict(
+    entry: dict[str, object], terminated: bool, trusted_keys: dict[str, bytes], canonical_body: bytes | None
+) -> Verdict | None:
+    if not terminated:
+        return "non_canonical", "line lacks its newline at the end of a segment"
+    if entry.get("v") != VERSION:
+        return "modified", f"v is {entry.get('v')!r}, not {VERSION!r}"
+    kid = entry.get("kid")
+    if not isinstance(kid, str):
+        return "modified", "kid missing or not a string"
+    public_raw = trusted_keys.get(kid)
+    if public_raw is None:
+        return "unknown_key", f"signed with kid {kid}, not a trusted key"
+    problem = check_seal(entry, public_raw, canonical_body)
+    if problem is not None:
+        return "modified", problem
+    return None
+
+
+# -- the chain, in order ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    segment: Path
+    number: int
+    facts: _Facts
 
 
 class _LogCheck:
     """One log's lines checked in order against the verified prefix (the chain so far)."""
 
-    def __init__(self, lines: list[Line], trusted_keys: dict[str, bytes]) -> None:
-        self.lines = lines
-        self.entries = [parse_line(line.data) for line in lines]
-        self.trusted_keys = trusted_keys
+    def __init__(self, placed: Iterator[_Placed]) -> None:
+        self._placed = placed
+        self._later: list[_Placed] = []  # the rest of the log, read only to explain a break
+        self.lines = 0
         self.hashes: list[str] = []  # of the verified entries; index = seq
         self.broker: object = None
         self.kinds: Counter[str] = Counter()
         self.open_calls: dict[str, int] = {}  # call_id -> seq of an allowed call without result
         self.last_kind: object = None
+        self.crash_restarts: list[int] = []  # seq of each `start` not preceded by a `stop`
+        self.last: _Placed | None = None
 
     def first_break(self) -> Break | None:
-        for index in range(len(self.lines)):
-            found = self._check(index)
+        for placed in self._placed:
+            self.lines += 1
+            self.last = placed
+            found = self._check(placed)
             if found is not None:
+                self._later = list(self._placed)  # also counts the remaining lines
+                self.lines += len(self._later)
                 return found
         return None
 
-    def _check(self, index: int) -> Break | None:
-        line, entry = self.lines[index], self.entries[index]
+    def _check(self, placed: _Placed) -> Break | None:
+        facts = placed.facts
         expected = len(self.hashes)
 
         def broken(category: Category, detail: str) -> Break:
-            return Break(expected, line.segment, line.number, category, detail)
+            return Break(expected, placed.segment, placed.number, category, detail)
 
-        if entry is None:
-            return broken("modified", "not a JSON object")
-        try:
-            canonical = canonicalize(entry)
-        except ValueError as exc:
-            return broken("non_canonical", f"has no canonical form: {exc}")
-        if canonical != line.data:
-            return broken("non_canonical", "line is not the canonical (RFC 8785) form of its entry")
-        if not line.terminated:
-            return broken("non_canonical", "line lacks its newline at the end of a segment")
-        if entry.get("v") != VERSION:
-            return broken("modified", f"v is {entry.get('v')!r}, not {VERSION!r}")
-        kid = entry.get("kid")
-        if not isinstance(kid, str):
-            return broken("modified", "kid missing or not a string")
-        public_raw = self.trusted_keys.get(kid)
-        if public_raw is None:
-            return broken("unknown_key", f"signed with kid {kid}, not a trusted key")
-        problem = check_seal(entry, public_raw)
-        if problem is not None:
-            return broken("modified", problem)
-        seq, entry_hash = entry.get("seq"), str(entry["hash"])
+        if facts.verdict is not None:
+            return broken(*facts.verdict)
+        seq, entry_hash = facts.seq, str(facts.hash)
         if not isinstance(seq, int) or isinstance(seq, bool):
             return broken("modified", "seq missing or not an integer")
         if seq != expected:
-            return broken(*self._misplaced(index, seq, entry_hash))
-        if entry.get("prev_hash") != (self.hashes[-1] if self.hashes else ZERO_HASH):
+            return broken(*self._misplaced(seq, entry_hash))
+        if facts.prev_hash != (self.hashes[-1] if self.hashes else ZERO_HASH):
             return broken("forked", "prev_hash does not link to the previous entry's hash")
-        kind = entry.get("kind")
+        kind = facts.kind
         if seq == 0 and kind != "start":
             return broken("modified", f"the first entry is of kind {kind!r}, not 'start'")
-        if self.hashes and entry.get("broker") != self.broker:
-            return broken(
-                "inserted", f"entry of broker {entry.get('broker')!r} in the log of {self.broker!r}"
-            )
-        self._extend(entry, entry_hash)
+        if self.hashes and facts.broker != self.broker:
+            return broken("inserted", f"entry of broker {facts.broker!r} in the log of {self.broker!r}")
+        self._extend(facts, entry_hash)
         return None
 
-    def _misplaced(self, index: int, seq: int, entry_hash: str) -> tuple[Category, str]:
+    def _misplaced(self, seq: int, entry_hash: str) -> tuple[Category, str]:
         """Why a well-signed entry carries another seq than the one expected at its place."""
         expected = len(self.hashes)
         if 0 <= seq < expected:
             if self.hashes[seq] == entry_hash:
                 return "inserted", f"a second copy of seq {seq}"
             return "forked", f"a different entry with seq {seq}, already seen"
-        if any(entry is not None and entry.get("seq") == expected for entry in self.entries[index + 1 :]):
-            copies = sum(
-                1
-                for entry in self.entries
-                if entry is not None and entry.get("seq") == seq and entry.get("hash") == entry_hash
+        self._later = list(self._placed)
+        self.lines += len(self._later)
+        if any(later.facts.seq == expected for later in self._later):
+            copies = 1 + sum(
+                1 for later in self._later if later.facts.seq == seq and later.facts.hash == entry_hash
             )
             if copies > 1:
                 return "inserted", f"a copy of seq {seq} before seq {expected}"
@@ -219,35 +337,180 @@ class _LogCheck:
         missing = f"seq {expected} to {seq - 1}" if seq > expected + 1 else f"seq {expected}"
         return "deleted", f"{missing} missing"
 
-    def _extend(self, entry: dict[str, object], entry_hash: str) -> None:
+    def _extend(self, facts: _Facts, entry_hash: str) -> None:
         if not self.hashes:
-            self.broker = entry.get("broker")
+            self.broker = facts.broker
+        elif facts.kind == "start" and self.last_kind != "stop":
+            self.crash_restarts.append(len(self.hashes))
         self.hashes.append(entry_hash)
-        kind = entry.get("kind")
+        kind = facts.kind
         self.kinds[str(kind)] += 1
         self.last_kind = kind
-        call_id = entry.get("call_id")
+        call_id = facts.call_id
         if isinstance(call_id, str):
-            if kind == "call" and entry.get("decision") == "ALLOW":
+            if kind == "call" and facts.decision == "ALLOW":
                 self.open_calls[call_id] = len(self.hashes) - 1
             elif kind == "result":
                 self.open_calls.pop(call_id, None)
 
 
-def _verify_log(broker: str, segments: list[Path], trusted_keys: dict[str, bytes]) -> LogReport:
-    lines, torn = read_lines(segments)
-    check = _LogCheck(lines, trusted_keys)
-    first_break = check.first_break()
-    if not lines:
+def _verify_log(
+    broker: str, segments: list[Path], trusted_keys: dict[str, bytes], pool: _Workers
+) -> LogReport:
+    size = 0
+    for segment in segments:
+        try:
+            size += segment.stat().st_size
+        except OSError as exc:
+            raise LogReadError(f"{segment}: cannot read: {exc.strerror or exc}") from None
+    torn: TornTail | None
+    parallel = pool.count > 1 and size >= PARALLEL_FROM_BYTES
+    if parallel:
+        try:
+            placed, torn_of = _parallel_facts(segments, trusted_keys, pool.executor())
+            check = _LogCheck(placed)
+            first_break = check.first_break()
+            torn = torn_of()
+        except BrokenProcessPool:  # e.g. a calling script that spawned workers cannot import
+            pool.count = 1
+            parallel = False
+    if not parallel:
+        lines, torn = read_lines(segments)
+        check = _LogCheck(
+            _Placed(line.segment, line.number, _line_facts(line.data, line.terminated, trusted_keys))
+            for line in lines
+        )
+        first_break = check.first_break()
+    if check.lines == 0:
         where = segments[-1] if segments else Path(broker)
         first_break = Break(0, where, 1, "truncated", "the log holds no entries")
     return LogReport(
         broker=broker,
         segments=tuple(segments),
-        entries=len(lines),
+        entries=check.lines,
         kinds=dict(check.kinds),
         first_break=first_break,
         sealed=check.last_kind == "stop",
         torn_tail=torn,
         unknown_outcome=tuple(sorted((seq, call_id) for call_id, seq in check.open_calls.items())),
+        crash_restarts=tuple(check.crash_restarts),
+        last_seq=len(check.hashes) - 1,
     )
+
+
+# -- the parallel path: seals checked on every core, the chain judged here in order ------------
+
+PARALLEL_FROM_BYTES = 16 * 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    segment: Path
+    start: int
+    end: int
+
+
+def _ranges(segments: list[Path]) -> tuple[list[_Range], int]:
+    """Whole-line byte ranges of about CHUNK_BYTES over the segments, and the size of the last
+    segment's torn tail (the bytes after its last newline), which no range covers."""
+    ranges: list[_Range] = []
+    torn_size = 0
+    for index, segment in enumerate(segments):
+        with segment.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            end_of_lines = size
+            if index == len(segments) - 1:
+                end_of_lines = _after_last_newline(handle, size)
+                torn_size = size - end_of_lines
+            start = 0
+            while start < end_of_lines:
+                cut = start + CHUNK_BYTES
+                if cut >= end_of_lines:
+                    cut = end_of_lines
+                else:
+                    handle.seek(cut)
+                    found = -1
+                    while found < 0 and cut < end_of_lines:
+                        block = handle.read(65536)
+                        found = block.find(b"\n")
+                        cut = min(cut + (found + 1 if found >= 0 else len(block)), end_of_lines)
+                ranges.append(_Range(segment, start, cut))
+                start = cut
+    return ranges, torn_size
+
+
+def _after_last_newline(handle: BinaryIO, size: int) -> int:
+    position = size
+    while position > 0:
+        step = min(65536, position)
+        handle.seek(position - step)
+        block = handle.read(step)
+        found = block.rfind(b"\n")
+        if found >= 0:
+            return position - step + found + 1
+        position -= step
+    return 0
+
+
+def _range_facts(chunk: _Range, trusted_keys: dict[str, bytes]) -> list[tuple[object, ...]]:
+    """Runs in a worker process: the facts of every line in one range of a segment, as plain
+    tuples (cheapest to send back)."""
+    with chunk.segment.open("rb") as handle:
+        handle.seek(chunk.start)
+        data = handle.read(chunk.end - chunk.start)
+    parts = data.split(b"\n")
+    tail = parts.pop()  # b"" when the range ends with a newline
+    facts = [tuple(_line_facts(part, True, trusted_keys)) for part in parts]
+    if tail:  # only the end of an earlier segment can leave a line unterminated
+        facts.append(tuple(_line_facts(tail, False, trusted_keys)))
+    return facts
+
+
+class _Workers:
+    """The worker processes of one verification, started on first use. Spawned, not forked:
+    safe in a process that runs threads (a broker, a test harness)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._pool: ProcessPoolExecutor | None = None
+
+    def executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parallel_facts(
+    segments: list[Path], trusted_keys: dict[str, bytes], pool: ProcessPoolExecutor
+) -> tuple[Iterator[_Placed], Callable[[], TornTail | None]]:
+    """The lines' facts in log order, computed ahead on the pool; and, once they are all read,
+    the torn tail."""
+    try:
+        ranges, torn_size = _ranges(segments)
+    except OSError as exc:
+        raise LogReadError(f"cannot read the log: {exc.strerror or exc}") from None
+    numbers: dict[Path, int] = {}
+    results = pool.map(_range_facts, ranges, itertools.repeat(trusted_keys), chunksize=1)
+
+    def placed() -> Iterator[_Placed]:
+        for chunk, facts in zip(ranges, results, strict=True):
+            number = numbers.get(chunk.segment, 0)
+            for offset, fact in enumerate(facts, start=1):
+                yield _Placed(chunk.segment, number + offset, _Facts._make(fact))
+            numbers[chunk.segment] = number + len(facts)
+
+    def torn() -> TornTail | None:
+        if not torn_size:
+            return None
+        last = segments[-1]
+        return TornTail(last, numbers.get(last, 0) + 1, torn_size)
+
+    return placed(), torn

@@ -6,19 +6,29 @@ line; a single flusher writes queued lines in batches and fsyncs each batch once
 commit) on a dedicated thread, so the event loop never blocks on the disk. `durable(seq,
 timeout)` waits, bounded, for the batch holding an entry.
 
-Failure rules (SPEC §4): a failed write keeps its lines queued, in order, and retries them at
-the same file offset, so nothing is lost, duplicated or forked; while writes fail or an entry
-is overdue, `writable` is False and callers refuse calls fast instead of hanging. On open, a
+Failure rules (SPEC §4, docs/audit-faults.md): a failed write keeps its lines queued, in order,
+and retries them at the same file offset, so nothing is lost, duplicated or forked; while writes
+fail or an entry is overdue, `writable` is False and callers refuse calls fast instead of
+hanging, and the first batch that succeeds makes the log writable again. Before each batch, and
+once a second when idle, the writer checks that the segment on disk is still the file it holds
+and still writable: a segment deleted, replaced or truncated under it is never written again
+(its bytes are saved beside it as `*.orphan-*`, which stops any later start until an operator
+decides), so the chain can never fork silently. Pending lines are bounded: past
+`MAX_PENDING_BYTES` the log reports `saturated` and the edge sheds new connections. On open, a
 torn last line is set aside, the chain continues from the last whole entry, and `start` is
-followed by a `recover` entry. It never knows about HTTP.
+followed by a `recover` entry. Segments rotate once a group commit takes one past
+`segment_bytes`; the chain simply continues in the next file. It never knows about HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -31,11 +41,22 @@ from ztb.audit.entry import VERSION, ZERO_HASH, seal
 from ztb.audit.keys import SigningKey
 from ztb.config.errors import ConfigError
 from ztb.gates.base import Appended
+from ztb.oplog import event
 
 SEGMENT_SUFFIX = ".jsonl"
+ORPHAN_MARK = ".orphan-"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 RETRY_DELAY_S = 0.05
 MAX_RETRY_DELAY_S = 1.0
+IDLE_CHECK_S = 1.0
+# Lines waiting for a disk that fails: past this the edge stops taking new connections.
+MAX_PENDING_BYTES = 32 * 1024 * 1024
+
+log = logging.getLogger("ztb.audit")
+
+
+class SegmentDisplaced(Exception):
+    """The segment file on disk is no longer the one this writer holds; str() says how."""
 
 
 def utc_timestamp(now: float) -> str:
@@ -77,19 +98,23 @@ class AuditWriter:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         clock: Callable[[], float] = time.time,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.folder = folder
         self.broker_id = broker_id
         self._key = key
         self._segment_bytes = segment_bytes
         self._clock = clock
+        self._on_batch = on_batch  # (entries, seconds to write and fsync) of each group commit
         self._tail = _find_tail(folder)
         self._fd = -1
         self._pending: list[tuple[int, bytes]] = []
+        self._pending_bytes = 0
         self._durable_seq = self._tail.seq - 1
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._failing = False
         self._overdue = False
+        self._displaced: str | None = None
         self._wake = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit-{broker_id}")
         self._flusher: asyncio.Task[None] | None = None
@@ -102,8 +127,11 @@ class AuditWriter:
 
     async def open(self, *, version: str, registry_sha256: str) -> Appended:
         """Open the current segment, then write `start` (and `recover` for a torn tail)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._open_segment)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._open_segment, False)
+        except (OSError, SegmentDisplaced) as exc:
+            raise ConfigError(f"{self.folder}: cannot open the audit log: {exc}") from None
         self._flusher = asyncio.create_task(self._flush_forever(), name=f"audit-flusher-{self.broker_id}")
         start = self.append(
             "start",
@@ -138,6 +166,7 @@ class AuditWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         self._thread.submit(self._close_fd)
+        # A writer thread stuck in a write or fsync that never returns must not hang the stop.
         self._thread.shutdown(wait=done)
         return done
 
@@ -145,11 +174,21 @@ class AuditWriter:
 
     @property
     def writable(self) -> bool:
-        return not (self._failing or self._overdue or self._closed)
+        return not (self._failing or self._overdue or self._closed or self._displaced is not None)
+
+    @property
+    def saturated(self) -> bool:
+        """True while more lines wait for the disk than the bound allows: shed new work."""
+        return self._pending_bytes > MAX_PENDING_BYTES
 
     @property
     def next_seq(self) -> int:
         return self._tail.seq
+
+    @property
+    def segment(self) -> int:
+        """The number of the segment being written."""
+        return self._tail.segment
 
     def append(self, kind: str, fields: dict[str, Any]) -> Appended:
         tail = self._tail
@@ -165,6 +204,7 @@ class AuditWriter:
         }
         line, entry_hash, sig = seal(body, self._key)
         self._pending.append((tail.seq, line))
+        self._pending_bytes += len(line)
         appended = Appended(tail.seq, entry_hash, sig)
         tail.seq += 1
         tail.prev_hash = entry_hash
@@ -174,6 +214,8 @@ class AuditWriter:
     async def durable(self, seq: int, timeout_s: float) -> bool:
         if seq <= self._durable_seq:
             return True
+        if self._displaced is not None:
+            return False  # nothing is written any more: no point waiting
         waiter = self._waiters.get(seq)
         if waiter is None:
             waiter = asyncio.get_running_loop().create_future()
@@ -181,6 +223,8 @@ class AuditWriter:
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
         except TimeoutError:
+            if not self._overdue:
+                log.error("audit entry %d not durable within %.3f s: refusing calls", seq, timeout_s)
             self._overdue = True
             return False
         return True
@@ -193,25 +237,53 @@ class AuditWriter:
         while True:
             if not self._pending:
                 self._wake.clear()
-                await self._wake.wait()
-            batch = self._pending
-            self._pending = []
-            data = b"".join(line for _, line in batch)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_CHECK_S)
+                if not self._pending:
+                    batch: list[tuple[int, bytes]] = []
+                    work: Callable[[], float | None] = self._check_segment
+                else:
+                    continue
+            else:
+                batch, self._pending = self._pending, []
+                data = b"".join(line for _, line in batch)
+                work = functools.partial(self._write_batch, data)
             try:
-                await loop.run_in_executor(self._thread, self._write_batch, data)
+                result = await loop.run_in_executor(self._thread, work)
+            except SegmentDisplaced as exc:
+                self._pending = batch + self._pending
+                self._displaced = self.last_error = str(exc)
+                saved = await loop.run_in_executor(self._thread, self._save_orphan)
+                self.last_error = f"{exc}; {saved}"
+                event(
+                    log,
+                    logging.ERROR,
+                    "audit_segment_displaced",
+                    folder=str(self.folder),
+                    error=self.last_error,
+                )
+                return  # this writer never writes again: a second file would fork the chain
             except OSError as exc:
                 self._pending = batch + self._pending
+                if not self._failing:
+                    event(log, logging.ERROR, "audit_write_failing", folder=str(self.folder), error=str(exc))
                 self._failing = True
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
                 continue
             delay = RETRY_DELAY_S
+            if self._failing:
+                event(log, logging.WARNING, "audit_write_recovered", folder=str(self.folder))
             self._failing = False
             self.last_error = None
-            self.batches += 1
-            self.batch_sizes_total += len(batch)
-            self._durable_seq = batch[-1][0]
+            if batch:
+                self._pending_bytes -= sum(len(line) for _, line in batch)
+                self.batches += 1
+                self.batch_sizes_total += len(batch)
+                if self._on_batch is not None and result is not None:
+                    self._on_batch(len(batch), result)
+                self._durable_seq = batch[-1][0]
             self._release_waiters()
 
     def _release_waiters(self) -> None:
@@ -225,28 +297,84 @@ class AuditWriter:
 
     # -- runs on the writer thread ---------------------------------------------------------------
 
-    def _open_segment(self) -> None:
-        path = self.folder / segment_name(self._tail.segment)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    def _segment_path(self) -> Path:
+        return self.folder / segment_name(self._tail.segment)
+
+    def _open_segment(self, new: bool) -> None:
+        """Open the tail's segment; a `new` one (after rotation) must not exist yet."""
+        path = self._segment_path()
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if new else 0)
+        try:
+            fd = os.open(path, flags, 0o640)
+        except FileExistsError:
+            raise SegmentDisplaced(f"{path.name} appeared before this writer rotated into it") from None
         self._fd = fd
         _fsync_dir(self.folder)
 
-    def _write_batch(self, data: bytes) -> None:
-        """Write at the tail's offset (a retry overwrites a partial write) and fsync once."""
-        if self._fd < 0:
-            self._open_segment()
+    def _write_batch(self, data: bytes) -> float:
+        """Write at the tail's offset (a retry overwrites a partial write) and fsync once;
+        returns the seconds it took."""
+        started = time.perf_counter()
         tail = self._tail
+        if self._fd < 0:
+            self._open_segment(tail.offset == 0 and tail.segment > 1)
+        elif tail.offset >= self._segment_bytes:
+            # Rotation happens before a write, so a failed rotation never repeats a durable batch.
+            self._close_fd()
+            tail.segment += 1
+            tail.offset = 0
+            self._open_segment(True)
+            event(log, logging.INFO, "audit_segment_rotated", segment=segment_name(tail.segment))
+        self._check_segment()
         view = memoryview(data)
         written = 0
         while written < len(data):
             written += os.pwrite(self._fd, view[written:], tail.offset + written)
-        os.fsync(self._fd)
+        self._sync(self._fd)
         tail.offset += len(data)
-        if tail.offset >= self._segment_bytes:
+        return time.perf_counter() - started
+
+    def _sync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def _check_segment(self) -> None:
+        """SegmentDisplaced when the path no longer names the file held open (deleted, replaced,
+        truncated); PermissionError when it is no longer writable. Cheap: two stats."""
+        if self._fd < 0:
+            return
+        path = self._segment_path()
+        try:
+            on_disk = os.stat(path)
+        except FileNotFoundError:
+            raise SegmentDisplaced(f"{path.name} was deleted under the running broker") from None
+        held = os.fstat(self._fd)
+        if (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino):
+            raise SegmentDisplaced(f"{path.name} was replaced under the running broker")
+        if held.st_size < self._tail.offset:
+            raise SegmentDisplaced(f"{path.name} was truncated under the running broker")
+        # Root ignores mode bits but not the immutable flag or a read-only mount; this catches all.
+        if not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "segment no longer writable (permissions removed)", str(path))
+
+    def _save_orphan(self) -> str:
+        """Copy the held (displaced) segment's durable bytes beside it, as evidence and as a
+        marker that stops the next start until an operator decides."""
+        path = self._segment_path()
+        orphan = path.with_name(f"{path.name}{ORPHAN_MARK}{os.fstat(self._fd).st_ino}")
+        try:
+            data = os.pread(self._fd, self._tail.offset, 0)
+            descriptor = os.open(orphan, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o440)
+            try:
+                os.write(descriptor, data)
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            _fsync_dir(self.folder)
+        except OSError as exc:
+            return f"its entries could not be saved beside it: {exc}"
+        finally:
             self._close_fd()
-            tail.segment += 1
-            tail.offset = 0
-            self._open_segment()
+        return f"its {len(data)} bytes were saved as {orphan.name}"
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -264,6 +392,13 @@ def _fsync_dir(folder: Path) -> None:
 
 def _find_tail(folder: Path) -> _Tail:
     """Where an existing log continues; sets a torn last line aside (copied beside the segment)."""
+    orphans = sorted(folder.glob(f"*{SEGMENT_SUFFIX}{ORPHAN_MARK}*")) if folder.is_dir() else []
+    if orphans:
+        raise ConfigError(
+            f"{orphans[0]}: a segment was deleted or replaced under a running broker and its entries "
+            "were saved here; put it back in place or move it out of the folder after investigating, "
+            "then start again (see docs/audit-faults.md)"
+        )
     segments = sorted(folder.glob("*" + SEGMENT_SUFFIX)) if folder.is_dir() else []
     if not segments:
         return _Tail(0, ZERO_HASH, 1, 0, None)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ztb.config.errors import ConfigError, from_validation
+from ztb.oplog import LogLevel
 
 BROKER_FILE = "broker.yaml"
 
@@ -44,6 +45,8 @@ class Audit(_Frozen):
     dir: Path = Path("audit")
     signing_key: Path = Path("keys/audit.key")
     durability_timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 1000
+    # A segment is closed and the next one started once a group commit takes it past this size.
+    segment_bytes: Annotated[int, Field(ge=16 * 1024, le=1024**3)] = 64 * 1024 * 1024
 
 
 class Limits(_Frozen):
@@ -66,8 +69,17 @@ class BrokerConfig(_Frozen):
     audit: Audit = Audit()
     token_ttl_s: Annotated[int, Field(ge=1, le=60)] = 60
     token_store: str = "memory"
+    # Redis only: a take is honoured once this many replicas acknowledged it (Redis WAIT), so a
+    # failover to a replica that missed it cannot honour the token again.
+    token_store_min_replicas: Annotated[int, Field(ge=0, le=8)] = 0
+    # Processes serving this deployment on this host, sharing the listening port (SO_REUSEPORT);
+    # each keeps its own audit log as broker `<broker_id>-<n>`. More than one needs Redis.
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     admin: Listen = Listen(port=9090)
     limits: Limits = Limits()
+    # SIGTERM: stop accepting, let calls in flight finish within this time, write `stop`, exit 0.
+    drain_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    log_level: LogLevel = "info"  # operational JSON lines on stderr (never the audit log)
     root: Path = Path(".")  # the deployment folder; set by load_broker_config
 
     @field_validator("token_store")
@@ -76,6 +88,26 @@ class BrokerConfig(_Frozen):
         if value != "memory" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be 'memory' or a redis:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _shared_store_for_workers(self) -> BrokerConfig:
+        memory = self.token_store == "memory"
+        if self.workers > 1 and memory:
+            raise ValueError(
+                f"workers: {self.workers} processes need a shared token store: set token_store: "
+                "redis://host:port/db (with the in-process store each worker could honour a token once)"
+            )
+        if self.token_store_min_replicas and memory:
+            raise ValueError("token_store_min_replicas: applies only to a redis:// token_store")
+        if self.admin.port and self.admin.port + self.workers - 1 > 65535:
+            raise ValueError("admin: port + workers - 1 must be at most 65535 (worker n listens on port + n)")
+        if len(self.worker_id(self.workers - 1)) > 63:
+            raise ValueError("broker_id: too long to be suffixed with the worker number (at most 63)")
+        return self
+
+    def worker_id(self, worker: int) -> str:
+        """The broker id of worker `worker` (from 0) when several processes serve this host."""
+        return self.broker_id if self.workers == 1 else f"{self.broker_id}-{worker}"
 
     def path(self, relative: Path) -> Path:
         return relative if relative.is_absolute() else self.root / relative
@@ -97,6 +129,11 @@ def read_yaml_mapping(path: Path) -> dict[str, object]:
         raise ConfigError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return yaml_mapping(path, text)
+
+
+def yaml_mapping(path: Path, text: str) -> dict[str, object]:
+    """The YAML mapping in `text` (read from `path`, named in errors)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -19,5 +19,6 @@ def from_validation(path: Path, error: ValidationError) -> ConfigError:
     problems = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        problems.append(f"{where}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own checks
+        problems.append(f"{where}: {message}")
     return ConfigError(f"{path}: " + "; ".join(problems))

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import fastjsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ztb.config.broker import read_yaml_mapping
+from ztb.config.approvals import Approval, check_approvals
+from ztb.config.broker import read_yaml_mapping, yaml_mapping
 from ztb.config.errors import ConfigError, from_validation
 from ztb.config.templates import ParamType, PathTemplate
 
@@ -147,6 +148,13 @@ class Registry:
     upstreams: Mapping[str, Upstream]
     routes: Mapping[str, tuple[Route, ...]]  # upstream name -> its routes
     grants: Mapping[str, Mapping[str, frozenset[str]]]  # identity -> upstream -> scopes
+    # Who approved these bytes (approvers.yaml, registry.sig); set by load_registry, which
+    # refuses a registry without enough approvals. None only for registries built in memory.
+    approval: Approval | None = None
+
+    @property
+    def identities(self) -> frozenset[str]:
+        return frozenset(self.identities_by_spki.values())
 
     def identity_for(self, spki_pin: str) -> str | None:
         return self.identities_by_spki.get(spki_pin)
@@ -156,15 +164,46 @@ class Registry:
 
 
 def load_registry(deployment: Path) -> Registry:
-    """Load and check deployment/registry.yaml and its schemas; ConfigError names what is wrong."""
+    """Load deployment/registry.yaml, the policy in force: its approvals are checked first (no
+    unapproved byte is even parsed), then the file and its schemas. There is no other way to get
+    a Registry from a file. ConfigError, one line, names what is wrong or which approvals are missing."""
+    path, raw_bytes = _read(deployment)
+    approval = check_approvals(deployment, raw_bytes)
+    return replace(_parse(deployment, path, raw_bytes), approval=approval)
+
+
+def validate_registry(deployment: Path) -> bytes:
+    """Check deployment/registry.yaml as `load_registry` would, except for approvals, and return
+    the bytes checked. For reviewers about to sign them; it yields no Registry to enforce."""
+    path, raw_bytes = _read(deployment)
+    _parse(deployment, path, raw_bytes)
+    return raw_bytes
+
+
+def read_spec(path: Path) -> _RegistrySpec:
+    """A registry file's typed content, unapproved and unbuilt: for `ztb registry diff` only."""
+    raw = read_yaml_mapping(path)
+    try:
+        return _RegistrySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation(path, exc) from None
+
+
+def _read(deployment: Path) -> tuple[Path, bytes]:
     path = deployment / REGISTRY_FILE
     try:
-        raw_bytes = path.read_bytes()
+        return path, path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    raw = read_yaml_mapping(path)
+
+
+def _parse(deployment: Path, path: Path, raw_bytes: bytes) -> Registry:
+    try:
+        raw = yaml_mapping(path, raw_bytes.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
         spec = _RegistrySpec.model_validate(raw)
     except ValidationError as exc:

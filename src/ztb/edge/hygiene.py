@@ -13,6 +13,7 @@ that, so the head is checked here, byte for byte, before h11 interprets it:
   as sent; never both;
 - at most `max_headers` header lines.
 Pure code over bytes: no I/O, no h11. Refusals are reason codes; the edge audits and answers them.
+Bad framing of any kind is `malformed_request` (SPEC §2), Transfer-Encoding games included.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def check_head(head: bytes, max_headers: int) -> Verdict:
     encodings = seen.get(b"transfer-encoding", [])
     lengths = seen.get(b"content-length", [])
     if encodings and (encodings != [b"chunked"] or lengths):
-        return refuse(Reason.BAD_TRANSFER_ENCODING)
+        return refuse(Reason.MALFORMED_REQUEST)
     if len(lengths) > 1 or (lengths and _CONTENT_LENGTH.fullmatch(lengths[0]) is None):
         return refuse(Reason.MALFORMED_REQUEST)
     return verdict

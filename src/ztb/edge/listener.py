@@ -18,6 +18,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 import h11
 
@@ -66,6 +67,19 @@ class _Fold:
         window = self._windows.pop(key)
         if window[0]:
             self._record(key[0], key[1], window[0], detail)
+
+
+class _Accepted(asyncio.Protocol):
+    """A new TCP connection before TLS. Reading is paused at once, so no byte of the ClientHello
+    is consumed by anything but the handshake the listener runs itself (on any event loop)."""
+
+    def __init__(self, spawn: Callable[[asyncio.Transport], None]) -> None:
+        self._spawn = spawn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        stream.pause_reading()
+        self._spawn(stream)
 
 
 class _Body:
@@ -141,16 +155,34 @@ class Listener:
         self._draining = False
         self.server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._accept, host, port, limit=READ_CHUNK, backlog=1024)
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on host:port; with `reuse_port`, beside the other worker processes of this
+        deployment on the same port (SO_REUSEPORT: the kernel spreads connections among them)."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: _Accepted(self._spawn), host, port, backlog=1024, reuse_port=reuse_port
+        )
         return int(self.server.sockets[0].getsockname()[1])
+
+    def _spawn(self, raw: asyncio.Transport) -> None:
+        if len(self._tasks) >= self._limits.max_connections:
+            # Refused before TLS: a flood of connections must not starve the callers already in.
+            peername = raw.get_extra_info("peername")
+            raw.abort()
+            addr = str(peername[0]) if peername else "unknown"
+            self._fold.rejected(addr, Reason.TOO_MANY_CONNECTIONS, "connection cap reached")
+            return
+        task = asyncio.get_running_loop().create_task(self._accept(raw))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
 
-    async def drain(self, deadline_s: float) -> None:
-        """Close idle connections now, wait for calls in flight to finish, then cancel what is left."""
+    async def drain(self, deadline_s: float) -> int:
+        """Close idle connections now, wait for calls in flight to finish, then cancel what is
+        left; returns how many connections had to be cancelled."""
         self._draining = True
         for writer in list(self._idle.values()):
             writer.transport.abort()  # between requests: nothing is lost
@@ -160,20 +192,44 @@ class Listener:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+            return len(pending)
+        return 0
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._tasks) >= self._limits.max_connections:
-            # Refused before TLS: a flood of connections must not starve the callers already in.
-            peername = writer.get_extra_info("peername")
-            writer.transport.abort()
-            addr = str(peername[0]) if peername else "unknown"
-            self._fold.rejected(addr, Reason.TOO_MANY_CONNECTIONS, "connection cap reached")
+    async def _accept(self, raw: asyncio.Transport) -> None:
+        """Run the TLS handshake on the raw connection, then serve it; audit a failed handshake."""
+        if self._broker.audit.saturated:
+            # The log cannot take more: shed the connection before it costs an entry (SPEC §4
+            # fail closed; docs/audit-faults.md bounds memory this way).
+            raw.abort()
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        peername = raw.get_extra_info("peername")
+        addr = str(peername[0]) if peername else "unknown"
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
-            await self._serve(reader, writer)
+            transport = await loop.start_tls(
+                raw,
+                protocol,
+                self._ssl,
+                server_side=True,
+                ssl_handshake_timeout=self._limits.header_timeout_s,
+            )
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+            raw.abort()
+            self._fold.rejected(addr, handshake_reason(exc), str(exc))
+            return
+        except asyncio.CancelledError:
+            raw.abort()
+            return
+        if transport is None:  # the peer went away during the handshake
+            raw.abort()
+            self._fold.rejected(addr, Reason.TLS_HANDSHAKE_FAILED, "connection closed during the handshake")
+            return
+        protocol.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        try:
+            await self._serve(reader, writer, addr)
         except asyncio.CancelledError:  # only drain cancels a connection task: it ends here
             pass
         except Exception:  # a bug must cost one connection, never the listener
@@ -183,16 +239,8 @@ class Listener:
             # Still counted (cap, drain) until closed: a peer that stalls the TLS close holds a slot.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
-            self._tasks.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        addr = str(peername[0]) if peername else "unknown"
-        try:
-            await writer.start_tls(self._ssl, ssl_handshake_timeout=self._limits.header_timeout_s)
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
-            self._fold.rejected(addr, handshake_reason(exc), str(exc))
-            return
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:
@@ -234,7 +282,7 @@ class Listener:
             reply = await self._broker.handle(call)
         if conn.h11.their_state is h11.SEND_BODY and declared == 0:
             conn.h11.next_event()  # the empty body's EndOfMessage: no I/O needed
-        keep = conn.h11.their_state is h11.DONE
+        keep = conn.h11.their_state is h11.DONE and not self._draining and not self._broker.audit.saturated
         await self._send_quietly(conn, reply, close=not keep)
         return keep and conn.h11.our_state is h11.DONE
 

@@ -2,7 +2,9 @@
 
 Addresses come only from the registry's `Upstream` objects. Every new connection's certificate
 is checked against the upstream's SPKI pins (and must carry serverAuth) before it carries a
-request; idle connections are pooled. The broker writes its own framing (h11), never follows a
+request; idle connections are pooled per upstream as registered (address, CA and pins), so
+a reloaded registry that changes an upstream never reuses a connection checked under the old
+entry. The broker writes its own framing (h11), never follows a
 redirect, never retries a request that may have been sent, caps the response body and bounds
 every wait. It knows nothing of tokens or gates.
 """
@@ -80,7 +82,7 @@ class UpstreamPool:
         self._min_version = min_version
         self._max_response = max_response_bytes
         self._contexts: dict[Path, ssl.SSLContext] = {}
-        self._idle: dict[str, list[_Conn]] = {}
+        self._idle: dict[Upstream, list[_Conn]] = {}
         self.connections_opened = 0
 
     def _context(self, ca: Path) -> ssl.SSLContext:
@@ -89,6 +91,13 @@ class UpstreamPool:
             ctx = egress_context(self._cert, self._key, ca, self._min_version)
             self._contexts[ca] = ctx
         return ctx
+
+    def keep_only(self, upstreams: Iterable[Upstream]) -> None:
+        """Close idle connections of upstreams no longer registered as they were (on reload)."""
+        keep = set(upstreams)
+        for upstream in [u for u in self._idle if u not in keep]:
+            for conn in self._idle.pop(upstream):
+                conn.close()
 
     async def close(self) -> None:
         for conns in self._idle.values():
@@ -124,14 +133,14 @@ class UpstreamPool:
             return UpstreamFailure(Reason.UPSTREAM_TIMEOUT, forwarded, elapsed())
         status, response_headers, response_body, reusable = response
         if reusable:
-            self._release(upstream.name, conn)
+            self._release(upstream, conn)
         else:
             conn.close()
         digest = "sha256:" + hashlib.sha256(response_body).hexdigest()
         return UpstreamResponse(status, response_headers, response_body, digest, elapsed())
 
     async def _acquire(self, upstream: Upstream) -> _Conn:
-        idle = self._idle.get(upstream.name)
+        idle = self._idle.get(upstream)
         while idle:
             conn = idle.pop()
             if conn.usable():
@@ -139,10 +148,10 @@ class UpstreamPool:
             conn.close()
         return await self._connect(upstream)
 
-    def _release(self, name: str, conn: _Conn) -> None:
+    def _release(self, upstream: Upstream, conn: _Conn) -> None:
         conn.h11.start_next_cycle()
         conn.idle_since = time.monotonic()
-        idle = self._idle.setdefault(name, [])
+        idle = self._idle.setdefault(upstream, [])
         if len(idle) < MAX_IDLE_PER_UPSTREAM:
             idle.append(conn)
         else:

@@ -36,6 +36,10 @@ class AuditLog(Protocol):
     def writable(self) -> bool:
         """False while writes are failing or an entry is overdue: the broker is then not ready."""
 
+    @property
+    def saturated(self) -> bool:
+        """True while more is waiting for the disk than the writer's bound: take no new work."""
+
 
 @dataclass(frozen=True, slots=True)
 class Deny:
@@ -128,6 +132,8 @@ class Call:
     forward: Forward | None = None
     next_token: str | None = None  # the rotation token handed back with an allowed call's response
     entry: Appended | None = None  # the call's own audit entry, once written
+    decided: float | None = None  # time.perf_counter() when gates 1-4 had decided (for metrics)
+    durable_wait_s: float | None = None  # how long the egress gate waited for the ALLOW entry
 
     def header_values(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]

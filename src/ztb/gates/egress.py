@@ -9,6 +9,7 @@ fast, never hanging. The forwarding itself is the edge's job and happens only af
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 
 from ztb.gates.base import AuditLog, Call, Deny
@@ -35,6 +36,9 @@ class EgressGate:
             call.token = dataclasses.replace(call.token, next_id=rotated[1])
         writable = self._audit.writable
         call.entry = self._audit.append("call", call_fields(call, None))
-        if not writable or not await self._audit.durable(call.entry.seq, self._timeout):
+        if not writable:
             return Deny(Reason.AUDIT_UNAVAILABLE)
-        return None
+        started = time.perf_counter()
+        durable = await self._audit.durable(call.entry.seq, self._timeout)
+        call.durable_wait_s = time.perf_counter() - started
+        return None if durable else Deny(Reason.AUDIT_UNAVAILABLE)

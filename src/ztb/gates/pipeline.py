@@ -8,6 +8,8 @@ skips a gate: the gates are given one by one, checked for order, and none may be
 
 from __future__ import annotations
 
+import time
+
 from ztb.gates.allowlist import AllowlistGate
 from ztb.gates.base import AuditLog, Call, Deny
 from ztb.gates.egress import EgressGate
@@ -36,6 +38,8 @@ class Pipeline:
         for gate in self._deciding:
             deny = await gate.check(call)
             if deny is not None:
+                call.decided = time.perf_counter()
                 call.entry = self._audit.append("call", call_fields(call, deny))
                 return deny
+        call.decided = time.perf_counter()
         return await self._egress.check(call)

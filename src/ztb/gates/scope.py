@@ -78,9 +78,18 @@ class ScopeGate:
         return None
 
 
-def mint_request(registry: Registry, identity: str, body: bytes) -> tuple[str, str] | Deny:
+def grant(registry: Registry, identity: str, asked: tuple[str, str] | Deny) -> tuple[str, str] | Deny:
     """(upstream, scope) when `identity` may have a token for them; the same refusal for an
     unknown upstream, an unknown scope and a scope not granted, so nothing can be enumerated."""
+    if isinstance(asked, Deny):
+        return asked
+    if not registry.is_granted(identity, *asked):
+        return Deny(Reason.NOT_GRANTED)
+    return asked
+
+
+def parse_mint_request(body: bytes) -> tuple[str, str] | Deny:
+    """What a mint asks for: {"upstream": ..., "scope": ...} and nothing else, strictly parsed."""
     if len(body) > MAX_MINT_BODY:
         return Deny(Reason.BAD_TOKEN_REQUEST)
     try:
@@ -96,7 +105,4 @@ def mint_request(registry: Registry, identity: str, body: bytes) -> tuple[str, s
         or len(request["scope"]) > 128
     ):
         return Deny(Reason.BAD_TOKEN_REQUEST)
-    upstream, scope = request["upstream"], request["scope"]
-    if not registry.is_granted(identity, upstream, scope):
-        return Deny(Reason.NOT_GRANTED)
-    return upstream, scope
+    return request["upstream"], request["scope"]

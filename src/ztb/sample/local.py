@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ztb.client import Caller
+from ztb.client import AsyncClient, Client
 from ztb.deploy import init_deployment
 from ztb.runtime import RunningBroker
 from ztb.sample.upstream import SampleUpstream
@@ -86,5 +86,9 @@ class LocalDeployment:
     def log_dir(self) -> Path:
         return self.root / "audit" / "broker-a"
 
-    def caller(self, identity: str = "svc.checkout") -> Caller:
-        return Caller.for_identity(self.root, identity, self.url)
+    def caller(self, identity: str = "svc.checkout") -> Client:
+        """A `ztb.client.Client` (with the low-level `Caller` API) for a sample identity."""
+        return Client.for_identity(self.root, identity, self.url)
+
+    def async_client(self, identity: str = "svc.checkout") -> AsyncClient:
+        return AsyncClient.for_identity(self.root, identity, self.url)

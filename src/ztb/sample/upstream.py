@@ -9,6 +9,8 @@ clean sample: no test-only behaviours, no broker logic.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import re
 import ssl
@@ -148,3 +150,29 @@ def _peer_cn(request: web.Request) -> str | None:
         return None
     der = ssl_object.getpeercert(binary_form=True)
     return pki.common_name(x509.load_der_x509_certificate(der)) if der else None
+
+
+async def _serve_deployment(root: Path) -> None:
+    """Run the sample upstream of a `ztb init` deployment on the port its registry names."""
+    from ztb.config import load_registry
+
+    upstream = load_registry(root).upstreams["orders.api.internal"]
+    folder = root / "upstreams" / "orders.api.internal"
+    server = SampleUpstream(
+        folder / "cert.pem", folder / "key.pem", root / "ca" / "ca.pem", port=upstream.port
+    )
+    port = await server.start()
+    print(f"sample upstream orders.api.internal on https://127.0.0.1:{port} (mTLS)", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m ztb.sample.upstream DEPLOYMENT_DIR")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_deployment(Path(sys.argv[1])))
