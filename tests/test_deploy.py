@@ -30,6 +30,9 @@ FILES = [
     "broker/egress.key",
     "keys/audit.key",
     "keys/audit.pub",
+    "keys/checkpoint.key",
+    "keys/checkpoint.pub",
+    "keys/checkpoint.vkey",
     "callers/svc.checkout/cert.pem",
     "callers/svc.checkout/key.pem",
     "callers/svc.reports/cert.pem",
@@ -146,6 +149,22 @@ def test_audit_key_formats(dep: Path) -> None:
     public = serialization.load_pem_public_key((dep / "keys/audit.pub").read_bytes())
     assert isinstance(private, Ed25519PrivateKey) and isinstance(public, Ed25519PublicKey)
     public.verify(private.sign(b"ztb"), b"ztb")
+
+
+def test_checkpoint_key_is_its_own_and_named_by_the_origin(dep: Path) -> None:
+    from ztb.audit.keys import SigningKey
+    from ztb.audit.note import ED25519, Verifier
+
+    key = SigningKey.load(dep / "keys/checkpoint.key")
+    assert key.public_raw != SigningKey.load(dep / "keys/audit.key").public_raw
+    verifier = Verifier.parse((dep / "keys/checkpoint.vkey").read_text())
+    assert (verifier.name, verifier.signature_type, verifier.public_raw) == (
+        "dev/broker-a",
+        ED25519,
+        key.public_raw,
+    )
+    anchor = load_broker_config(dep).anchor
+    assert (anchor.every_entries, anchor.every_s, anchor.max_lag_s, anchor.sinks) == (1000, 5, 60, ())
 
 
 def _create_validator(dep: Path) -> Callable[[Any], Any]:

@@ -26,7 +26,7 @@ from ztb.config.broker import BrokerConfig
 from ztb.config.registry import Registry
 from ztb.edge.upstream import UpstreamFailure, UpstreamPool, UpstreamResponse
 from ztb.gates.allowlist import AllowlistGate
-from ztb.gates.base import AuditLog, BodySource, Call, Deny, Peer
+from ztb.gates.base import Appended, AuditLog, BodySource, Call, Deny, Peer
 from ztb.gates.egress import EgressGate
 from ztb.gates.identity import IdentityGate
 from ztb.gates.pipeline import Pipeline
@@ -56,6 +56,11 @@ class Reply:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+
+
+def receipt_header(entry: Appended) -> str:
+    """`ZTB-Receipt: <seq>.<hash hex>.<sig hex>` of an allowed call's `call` entry (SPEC section 7)."""
+    return f"{entry.seq}.{entry.hash.removeprefix('sha256:')}.{entry.sig.removeprefix('ed25519:')}"
 
 
 def error_body(deny: Deny, call_id: str) -> bytes:
@@ -152,7 +157,7 @@ class Broker:
         started = time.perf_counter()
         await self.audit.durable(result.seq, self._durability_s)
         self.metrics.durability_seconds.labels("result").observe(time.perf_counter() - started)
-        extra = [("ztb-call-id", call.call_id)]
+        extra = [("ztb-call-id", call.call_id), ("ztb-receipt", receipt_header(call.entry))]
         if call.next_token is not None:
             extra.append(("ztb-next-token", call.next_token))
         if isinstance(outcome, UpstreamFailure):

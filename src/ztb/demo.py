@@ -3,7 +3,9 @@
 A sample upstream and the broker start; svc.checkout creates an order; then the attacks of the
 story, each of which must be refused by the gate the story expects; then the audit log is
 verified (and shown to break when one byte of a copy is changed). A table shows call by call
-what happened, which gate decided and the audit `seq`. Exit status 0 only if all behaved.
+what happened, which gate decided and the audit `seq`. Then the anchoring step: a witness runs,
+the broker's checkpoints are cosigned, a receipt is proved, and cutting the tail from a copy of
+the log is reported `truncated`. Exit status 0 only if all behaved.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ztb.audit.keys import kid_of, load_public_key
+from ztb.audit.note import Verifier
 from ztb.audit.reader import find_logs, read_entries
-from ztb.audit.verify import verify_logs
+from ztb.audit.verify import Anchors, verify_logs
 from ztb.client import BrokerError, Response
 from ztb.deploy import sample_order
-from ztb.sample.local import SAMPLE_UPSTREAM, LocalDeployment
+from ztb.receipt import ReceiptError, prove_receipt
+from ztb.sample.local import SAMPLE_UPSTREAM, LocalDeployment, free_port
+from ztb.witness.config import init_witness, load_witness_config
+from ztb.witness.server import WitnessServer
 
 CREATE = "/v1/orders/create"
 
@@ -246,6 +254,80 @@ def _tamper_check(log_dir: Path, keys: dict[str, bytes], scratch: Path) -> tuple
     return (not report.ok and first is not None and first.seq == 2), detail
 
 
+def _anchoring(
+    local: LocalDeployment, keys: dict[str, bytes], scratch: Path, out: Callable[[str], None]
+) -> bool:
+    """A witness cosigns the broker's checkpoints; a receipt is proved; a cut copy is caught."""
+    root = local.root
+    witness_dir = scratch / "witness"
+    port = free_port()
+    witness_key = init_witness(
+        witness_dir,
+        name="witness.demo/w1",
+        port=port,
+        client_ca=root / "ca/ca.pem",
+        logs=(root / "keys/checkpoint.vkey",),
+    )
+    config = yaml.safe_load((root / "broker.yaml").read_text())
+    config["anchor"].update(
+        every_s=0.2,
+        sinks=[{"witness": f"https://127.0.0.1:{port}", "ca": str(witness_dir / "tls/ca.pem"),
+                "vkey": str(witness_dir / "keys/witness.vkey")}],
+    )  # fmt: skip
+    (root / "broker.yaml").write_text(yaml.safe_dump(config))
+    witness = WitnessServer(load_witness_config(witness_dir))
+    local.loop.run(witness.start())
+    try:
+        out(
+            f"\nAnchoring: witness {witness_key.name} on 127.0.0.1:{port} (mTLS); the broker restarts with it as a sink"
+        )
+        local.start_broker()
+        caller = local.caller("svc.checkout")
+        try:
+            token = caller.mint(SAMPLE_UPSTREAM, "orders:read")
+            receipt = caller.call("GET", SAMPLE_UPSTREAM, "/v1/orders?limit=5", token=token).headers.get(
+                "ztb-receipt", ""
+            )
+        finally:
+            caller.close()
+        local.stop_broker()  # a last checkpoint covers the `stop` entry, cosigned
+    finally:
+        local.loop.run(witness.stop())
+    log_key = Verifier.parse((root / "keys/checkpoint.vkey").read_text())
+    anchors = Anchors((log_key,), (witness_key,))
+    (report,) = verify_logs(find_logs(local.log_dir), keys, anchors).logs
+    cosigned = report.anchors.cosigned.get(witness_key.name, 0) if report.anchors else 0
+    out(
+        f"  the log: {report.entries} entries, {'ok' if report.ok else 'BROKEN'}, cosigned up to size {cosigned}"
+    )
+    try:
+        _, proved = prove_receipt(
+            receipt,
+            local.log_dir,
+            audit_keys=list(keys.values()),
+            checkpoint_key=log_key,
+            witness_keys=[witness_key],
+        )
+        proof_ok = True
+        out(
+            f"  ZTB-Receipt of the call (seq {receipt.split('.')[0]}) proved in the checkpoint of size {proved.checkpoint.size}, cosigned"
+        )
+    except ReceiptError as exc:
+        proof_ok = False
+        out(f"  ZTB-Receipt NOT proved: {exc}")
+    copy = scratch / "cut" / local.log_dir.name
+    shutil.copytree(local.log_dir, copy)
+    segment = sorted(copy.glob("*.jsonl"))[-1]
+    segment.write_bytes(b"".join(segment.read_bytes().splitlines(keepends=True)[:-3]))
+    plain = verify_logs(find_logs(copy), keys).ok
+    (cut,) = verify_logs(find_logs(copy), keys, anchors).logs
+    category = cut.first_break.category if cut.first_break else "intact"
+    out(
+        f"  last 3 entries cut from a copy: chain alone says {'intact' if plain else 'BROKEN'}; with checkpoints: {category}"
+    )
+    return report.ok and cosigned == report.entries and proof_ok and category == "truncated"
+
+
 def run_demo(out: Callable[[str], None] = print) -> bool:
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="ztb-demo-"))
@@ -272,7 +354,8 @@ def run_demo(out: Callable[[str], None] = print) -> bool:
             f"\nOne byte of a copy of the log changed -> verify says: {detail} "
             f"({'detected' if tamper_ok else 'NOT DETECTED'})"
         )
-        behaved = all(s.ok for s in story.steps) and report.ok and tamper_ok
+        anchored_ok = _anchoring(local, keys, scratch, out)
+        behaved = all(s.ok for s in story.steps) and report.ok and tamper_ok and anchored_ok
         refused_reached = [s for s in story.steps if s.expected[0] not in "2" and s.upstream_saw]
         behaved = behaved and not refused_reached
         out(

@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ztb import pki
+from ztb.audit.checkpoint import origin_of
 from ztb.audit.keys import SigningKey
+from ztb.audit.note import ED25519, Verifier
 from ztb.config import ConfigError, load_broker_config, load_registry
 from ztb.config.approvals import APPROVERS_FILE, sign
 from ztb.config.registry import validate_registry
@@ -190,6 +192,14 @@ def _write_all(
         )
     )
 
+    # The checkpoint key signs the tree heads that leave the host; it never signs entries.
+    checkpoint_key = SigningKey.generate()
+    checkpoint_key.save(d / "keys/checkpoint.key")
+    origin = origin_of(deployment, broker_id)
+    (d / "keys/checkpoint.vkey").write_text(
+        Verifier(origin, ED25519, checkpoint_key.public_raw).vkey() + "\n", encoding="ascii"
+    )
+
     caller_pins: dict[str, str] = {}
     for identity in CALLERS:
         folder = d / "callers" / identity
@@ -278,6 +288,19 @@ audit:
   signing_key: keys/audit.key
   durability_timeout_ms: 1000
   segment_bytes: 67108864        # 64 MiB
+
+# Off-host anchoring: a checkpoint (C2SP tlog-checkpoint: origin "<deployment>/<broker_id>", tree
+# size, RFC 6962 root) signed with its own key every every_entries entries or every_s seconds,
+# whichever comes first, when the log grew. Checkpoints are kept in audit/<broker_id>/checkpoints/
+# and sent to each sink: {{file: PATH}} appends them to a file on another host or mount;
+# {{witness: https://HOST:PORT, ca: FILE, vkey: FILE}} asks a C2SP tlog-witness (`ztb witness serve`)
+# to cosign them. The broker turns not-ready when a sink lags more than max_lag_s.
+anchor:
+  checkpoint_key: keys/checkpoint.key
+  every_entries: 1000
+  every_s: 5
+  max_lag_s: 60
+  sinks: []
 
 # Lifetime of minted tokens in seconds (at most 60).
 token_ttl_s: 60
@@ -373,6 +396,7 @@ DEVELOPMENT ONLY: the CA private key is on disk (ca/ca.key). Never use these cer
 - ca/: the development CA that signs every certificate here; everyone trusts ca/ca.pem.
 - broker/: server.* is the broker's TLS server cert (localhost, 127.0.0.1, ::1); egress.* its client cert.
 - keys/: audit.key signs the audit log (Ed25519, keep secret); audit.pub is for auditors.
+  checkpoint.key signs the log's checkpoints; checkpoint.vkey is for witnesses and auditors.
 - approvers.yaml: the two approvers (M = 2) whose signatures in registry.sig make registry.yaml take
   effect; approvers/: their keys (private keys here: development only). After editing registry.yaml:
   `ztb registry diff`, then `ztb registry sign <this folder> --key approvers/dev-approver-1.key` (and -2).

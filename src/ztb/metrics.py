@@ -83,6 +83,25 @@ class Metrics:
         self.audit_writable = Gauge("ztb_audit_writable", "1 when the audit log is writable", registry=r)
         self.audit_next_seq = Gauge("ztb_audit_next_seq", "Next audit seq", registry=r)
         self.audit_segment = Gauge("ztb_audit_segment", "Number of the segment being written", registry=r)
+        # -- anchoring -----------------------------------------------------------------------------
+        self.anchor_tree_size = Gauge(
+            "ztb_anchor_tree_size", "Durable entries in the log's Merkle tree", registry=r
+        )
+        self.anchor_size = Gauge(
+            "ztb_anchor_anchored_size",
+            "Largest tree size anchored, per sink ('local' = kept beside the log)",
+            ["sink"],
+            registry=r,
+        )
+        self.anchor_lag = Gauge(
+            "ztb_anchor_lag_seconds",
+            "How long the oldest durable entry not yet anchored has waited, per sink",
+            ["sink"],
+            registry=r,
+        )
+        self.anchor_failures = Counter(
+            "ztb_anchor_failures", "Checkpoints a sink did not take", ["sink"], registry=r
+        )
         # -- registry and readiness ----------------------------------------------------------------
         self.registry_info = Gauge(
             "ztb_registry_info", "Registry in force (value 1, label sha256)", ["sha256"], registry=r

@@ -1,9 +1,11 @@
 """A running broker: loads a deployment, assembles the parts, serves, reloads and stops cleanly.
 
-Start order: configuration and registry (refused whole if invalid), signing key, audit log
+Start order: configuration and registry (refused whole if invalid), signing keys, the anchor
+(the Merkle tree rebuilt from the log, checked against the checkpoints already signed), audit log
 (`start`, then `recover` if a torn tail was set aside, then `registry`), token store, upstream
 pool, data-plane listener, admin plane. Stop order is the reverse: stop accepting, let calls in
-flight finish within the drain deadline, then end the log with `stop`.
+flight finish within the drain deadline, then end the log with `stop` and a last checkpoint that
+covers it.
 
 Reload (SIGHUP, or `ztb reload DIR`) goes through `load_registry`, exactly like start: a valid
 registry is put in force for calls arriving from then on, with a `registry` entry; an invalid
@@ -23,16 +25,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ztb import __version__
+from ztb.audit.anchor import Anchor, FileSink, Sink
+from ztb.audit.checkpoint import origin_of
 from ztb.audit.keys import SigningKey
+from ztb.audit.note import COSIGNATURE_V1, Verifier
 from ztb.audit.writer import AuditWriter
 from ztb.broker import Broker
 from ztb.config import BrokerConfig, ConfigError, load_broker_config, load_registry
 from ztb.config.broker import BROKER_FILE
+from ztb.config.broker import FileSink as FileSinkConfig
 from ztb.control import RunFile
 from ztb.edge.admin import AdminPlane
 from ztb.edge.listener import Listener
-from ztb.edge.tls import server_context
+from ztb.edge.tls import egress_context, server_context
 from ztb.edge.upstream import UpstreamPool
+from ztb.edge.witness_client import WitnessSink
 from ztb.metrics import Metrics
 from ztb.oplog import configure, event
 from ztb.tokens.memory import MemoryTokenStore
@@ -77,12 +84,47 @@ class ReloadResult:
         }
 
 
+def make_anchor(config: BrokerConfig, broker_id: str, log_dir: Path, metrics: Metrics) -> Anchor:
+    """The anchor of this broker's log, with the sinks of broker.yaml's `anchor` section."""
+    where = f"{config.root / 'broker.yaml'}: anchor"
+    sinks: list[Sink] = []
+    for sink in config.anchor.sinks:
+        if isinstance(sink, FileSinkConfig):
+            sinks.append(FileSink(config.path(sink.file)))
+            continue
+        vkey_path = config.path(sink.vkey)
+        try:
+            verifier = Verifier.parse(vkey_path.read_text(encoding="ascii"))
+            context = egress_context(
+                config.path(config.egress.cert),
+                config.path(config.egress.key),
+                config.path(sink.ca),
+                config.tls.min_version,
+            )
+        except (OSError, ValueError) as exc:  # NoteError is a ValueError
+            raise ConfigError(f"{where}: witness {sink.witness}: {exc}") from None
+        if verifier.signature_type != COSIGNATURE_V1:
+            raise ConfigError(f"{where}: witness {sink.witness}: {vkey_path} is not a cosignature/v1 key")
+        sinks.append(WitnessSink(sink.witness, context, verifier, sink.timeout_s))
+    return Anchor(
+        log_dir,
+        origin_of(config.deployment, broker_id),
+        SigningKey.load(config.path(config.anchor.checkpoint_key)),
+        sinks,
+        every_entries=config.anchor.every_entries,
+        every_s=config.anchor.every_s,
+        max_lag_s=config.anchor.max_lag_s,
+        on_failure=lambda name: metrics.anchor_failures.labels(name).inc(),
+    )
+
+
 @dataclass
 class RunningBroker:
     config: BrokerConfig
     broker_id: str  # config.broker_id, suffixed with the worker number when there are several
     broker: Broker
     writer: AuditWriter
+    anchor: Anchor
     listener: Listener
     admin: AdminPlane
     metrics: Metrics
@@ -119,13 +161,17 @@ class RunningBroker:
                 f"{config.root / 'broker.yaml'}: tls: cannot load certificates: {exc}"
             ) from None
         metrics = Metrics()
+        log_dir = config.path(config.audit.dir) / broker_id
         writer = AuditWriter(
-            config.path(config.audit.dir) / broker_id,
+            log_dir,
             broker_id,
             key,
             segment_bytes=config.audit.segment_bytes,
             on_batch=metrics.audit_batch,
         )
+        anchor = make_anchor(config, broker_id, log_dir, metrics)
+        await anchor.start(writer.next_seq)
+        writer.on_durable = anchor.on_durable
         await writer.open(version=__version__, registry_sha256=registry.sha256)
         store = await open_store(config)
         pool = UpstreamPool(
@@ -140,7 +186,7 @@ class RunningBroker:
         bound = await listener.start(
             config.listen.host, config.listen.port if port is None else port, reuse_port=config.workers > 1
         )
-        running = cls(config, broker_id, broker, writer, listener, AdminPlane(), metrics, bound, 0)
+        running = cls(config, broker_id, broker, writer, anchor, listener, AdminPlane(), metrics, bound, 0)
         running.admin_port = await running.admin.start(config.admin.host, admin_port, running)
         event(
             log,
@@ -170,6 +216,7 @@ class RunningBroker:
             "registry_loaded": self.broker.registry is not None,
             "token_store": store_ok,
             "accepting": self.accepting,
+            "anchored": self.anchor.ready,
         }
         for check, ok in checks.items():
             self.metrics.ready.labels(check).set(1 if ok else 0)
@@ -180,6 +227,10 @@ class RunningBroker:
         metrics.audit_writable.set(1 if writer.writable else 0)
         metrics.audit_next_seq.set(writer.next_seq)
         metrics.audit_segment.set(writer.segment)
+        metrics.anchor_tree_size.set(self.anchor.tree.size)
+        for status in self.anchor.status():
+            metrics.anchor_size.labels(status.name).set(status.anchored_size)
+            metrics.anchor_lag.labels(status.name).set(status.lag_s)
         return metrics.render()
 
     def registry_status(self) -> dict[str, Any]:
@@ -240,6 +291,7 @@ class RunningBroker:
         await self.broker.upstreams.close()
         await self.broker.store.close()
         sealed = await self.writer.close()
+        await self.anchor.close(final=True)
         await self.admin.stop()
         event(
             log,

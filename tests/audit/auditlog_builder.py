@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ztb.audit.entry import VERSION, ZERO_HASH, seal
+from ztb.audit.entry import VERSION, ZERO_HASH, body_of, seal
 from ztb.audit.keys import SigningKey
 
 
@@ -119,3 +122,21 @@ def write_deployment(folder: Path, audit_dir: str | None) -> None:
         "tls: {cert: broker/server.crt, key: broker/server.key, client_ca: ca/ca.crt}\n"
         "egress: {cert: broker/egress.crt, key: broker/egress.key}\n" + audit
     )
+
+
+def forge(
+    lines: list[bytes], seq: int, key: SigningKey, change: Callable[[dict[str, Any]], None]
+) -> list[bytes]:
+    """What a thief of the audit key can do: change entry `seq`, then re-seal it and every later
+    entry so that every hash, signature and link of the chain holds again."""
+    entries = [json.loads(line) for line in lines]
+    forged = list(lines[:seq])
+    prev_hash = entries[seq - 1]["hash"] if seq else ZERO_HASH
+    for index in range(seq, len(entries)):
+        body = body_of(entries[index])
+        if index == seq:
+            change(body)
+        body["prev_hash"] = prev_hash
+        line, prev_hash, _ = seal(body, key)
+        forged.append(line)
+    return forged

@@ -212,12 +212,15 @@ def test_segment_displaced_under_a_running_broker(
     with pytest.raises(ConfigError, match=r"orphan-\d+: a segment was deleted or replaced"):
         stack.start_broker()
     orphan.replace(segment)  # the decision here: put the broker's own copy back
+    if displace is truncated:
+        # A cut file lost what was cut, and the checkpoints already signed say so (SPEC §7): the
+        # broker will not continue a log shorter than what it anchored.
+        with pytest.raises(ConfigError, match="entries were removed"):
+            stack.start_broker()
+        return
     stack.start_broker()
-    if displace is truncated:  # the cut fell inside a line: set aside, and a `recover` says so
-        assert stack.wait_entry(lambda e: e["kind"] == "recover")["torn_bytes"] > 0
     assert stack.allowed_call(stack.caller()).status == 201
-    # A cut file lost what was cut (an anchor would show it, SPEC §7); the rest holds.
-    finish_intact(stack, since=1 if displace is truncated else 0)
+    finish_intact(stack, since=0)
 
 
 def test_permissions_removed(stack: FaultStack) -> None:
@@ -247,7 +250,9 @@ def test_permissions_removed(stack: FaultStack) -> None:
 def test_audit_folder_unusable_at_start(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the audit folder should be")
-    with pytest.raises(ConfigError, match="cannot open the audit log"):
+    # Refused at start with one line naming the path: by the anchor, which reads the log's
+    # checkpoints first, or by the writer opening the log.
+    with pytest.raises(ConfigError, match=r"not-a-folder/.*(cannot open the audit log|cannot read)"):
         FaultStack(tmp_path / "dep", blocker)
 
 

@@ -121,7 +121,13 @@ def test_health_readiness_and_registry_status(stack: Stack) -> None:
     assert status == 200
     assert json.loads(body) == {
         "ready": True,
-        "checks": {"audit_writable": True, "registry_loaded": True, "token_store": True, "accepting": True},
+        "checks": {
+            "audit_writable": True,
+            "registry_loaded": True,
+            "token_store": True,
+            "accepting": True,
+            "anchored": True,
+        },
     }
     found = samples(stack)
     assert all(

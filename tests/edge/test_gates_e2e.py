@@ -1042,6 +1042,7 @@ def test_allowed_create_forwards_exactly_the_validated_request(stack: Stack, che
         "content-length",
         "ztb-call-id",
         "ztb-next-token",
+        "ztb-receipt",
     }
     assert response.headers["x-request-id"] == "req-42"
 
@@ -1133,6 +1134,7 @@ def test_get_with_typed_path_parameter(stack: Stack, reports: Caller) -> None:
         "content-length",
         "ztb-call-id",
         "ztb-next-token",
+        "ztb-receipt",
     }
     (request,) = stack.upstream.received[before:]
     assert request.method == "GET"

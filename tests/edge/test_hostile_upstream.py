@@ -230,7 +230,7 @@ def test_response_headers_are_reduced_to_the_allowlist(env: Env) -> None:
     answer = call(env, HOSTILE, "/headers")
     assert answer.status == 200 and answer.body == b'{"ok":true}'
     names = {name for name, _ in answer.headers}
-    assert names <= {"content-type", "content-length", "ztb-call-id", "ztb-next-token"}, names
+    assert names <= {"content-type", "content-length", "ztb-call-id", "ztb-next-token", "ztb-receipt"}, names
     check.clean()
 
 

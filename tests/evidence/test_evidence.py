@@ -23,6 +23,7 @@ from ztb.config.approvals import SIGNATURES_FILE, message, registry_sha256
 from ztb.deploy import init_deployment
 from ztb.evidence.bundle import CONTROLS
 from ztb.sample.local import free_port
+from ztb.witness.config import init_witness
 
 BIN = Path(sys.executable).parent
 
@@ -229,24 +230,37 @@ def test_a_changed_log_byte_fails_the_chain(live: Stack) -> None:
     assert "broken at seq 0" in failed_checks(chain) and "modified" in failed_checks(chain)
 
 
-@pytest.mark.xfail(
-    reason="anchors and witnesses arrive with issue 8 (SPEC section 7); broker.yaml has no anchor settings yet",
-    strict=True,
-    raises=Exception,
-)
 def test_witness_unreachable_fails_the_anchors(tmp_path: Path) -> None:
+    """The deployment sends checkpoints to a witness that never answers: the checkpoints kept
+    beside the log carry no cosignature of it, and the chain-and-anchors control fails."""
     root = tmp_path / "dep"
     init_deployment(root, broker_port=0, admin_port=0, upstream_port=free_port())
+    witness = tmp_path / "witness"
+    init_witness(
+        witness,
+        name="witness.test/w1",
+        port=free_port(),  # nothing is ever started there
+        client_ca=root / "ca" / "ca.pem",
+        logs=(root / "keys" / "checkpoint.vkey",),
+    )
     path = root / "broker.yaml"
     config = yaml.safe_load(path.read_text())
-    config["anchor"] = {"sinks": [f"witness:https://127.0.0.1:{free_port()}"], "every_s": 1}
+    config["anchor"] = {
+        "every_s": 0.2,
+        "sinks": [
+            {
+                "witness": f"https://127.0.0.1:{yaml.safe_load((witness / 'witness.yaml').read_text())['listen']['port']}",
+                "ca": str(witness / "tls" / "ca.pem"),
+                "vkey": str(witness / "keys" / "witness.vkey"),
+                "timeout_s": 0.5,
+            }
+        ],
+    }
     path.write_text(yaml.safe_dump(config))
-    from ztb.config import load_broker_config
-
-    load_broker_config(root)  # refused today: no anchor settings exist
     report = evidence(root, tmp_path / "bundle")
     assert verdicts(report)["audit_chain"] is False
-    assert "witness" in failing_text(report, "audit_chain")
+    text = failing_text(report, "audit_chain")
+    assert "witness.test/w1" in text and "cosignature" in text
 
 
 # -- report.html in a real headless browser ----------------------------------------------------

@@ -2,38 +2,86 @@
 
 Owns the judgement of a whole log (SPEC section 4): canonical form, known key, hash and
 signature, `seq` continuity from 0, `prev_hash` links, one version and one broker per log, and
-the category of the first break. Needs only the log files and the public keys the auditor
-trusts. Each line's own checks (canonical form, key, hash, signature) depend on nothing else,
-so a large log has them done on every core; the chain is then judged in order, by the same code
-for every log size. It must never trust a key the auditor did not pass, never repair a log, and never
-call a log tampered for what a crash explains (a torn tail, an unsealed end, an allowed call
-without a result): those are warnings.
+the category of the first break. Each line's own checks (canonical form, key, hash, signature)
+depend on nothing else, so a large log has them done on every core; the chain is then judged in
+order, by the same code for every log size. With `Anchors` (SPEC section 7) it also reads the
+log's checkpoints (beside the log and in any notes files the auditor adds), checks each one's
+signature under the trusted checkpoint key and its cosignatures under the trusted witness keys,
+recomputes the Merkle root at every checkpointed size, and calls the log `truncated` when it is
+shorter than an anchored size. Needs only the log files, the notes and the public keys the
+auditor trusts. It must never trust a key the auditor did not pass, never repair a log, and
+never call a log tampered for what a crash explains (a torn tail, an unsealed end, an allowed
+call without a result): those are warnings.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
 
 import orjson
 
+from ztb.audit.anchor import CHECKPOINTS_DIR
+from ztb.audit.checkpoint import Checkpoint, parse_notes
 from ztb.audit.entry import VERSION, ZERO_HASH, body_of, check_seal
 from ztb.audit.jcs import canonicalize
+from ztb.audit.merkle import CompactRange
+from ztb.audit.note import Note, NoteError, Verifier
 from ztb.audit.reader import LogReadError, TornTail, parse_line, read_lines
 
-__all__ = ["Break", "Category", "LogReport", "VerifyReport", "verify_logs"]
+__all__ = ["Anchors", "Break", "Category", "LogReport", "VerifyReport", "verify_logs"]
 
 Category = Literal[
-    "modified", "non_canonical", "unknown_key", "deleted", "inserted", "reordered", "forked", "truncated"
+    "modified",
+    "non_canonical",
+    "unknown_key",
+    "deleted",
+    "inserted",
+    "reordered",
+    "forked",
+    "truncated",
+    "root_mismatch",
+    "bad_checkpoint_signature",
+    "bad_cosignature",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Anchors:
+    """The auditor's trust for checkpoints: the logs' checkpoint keys (key name = origin,
+    `<deployment>/<broker>`), the witnesses whose cosignatures are required, and notes files kept
+    elsewhere (a `file:` sink's file, a witness's state files) read besides each log's own."""
+
+    checkpoint_keys: tuple[Verifier, ...]
+    witness_keys: tuple[Verifier, ...] = ()
+    notes_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorReport:
+    """What the checkpoints of one log showed."""
+
+    checked: int = 0  # checkpoints of this log with a valid signature
+    largest: int = 0  # the largest anchored size
+    cosigned: dict[str, int] = field(default_factory=dict)  # witness -> largest size it cosigned
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "checked": self.checked,
+            "largest_size": self.largest,
+            "cosigned": dict(sorted(self.cosigned.items())),
+            "warnings": list(self.warnings),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +119,7 @@ class LogReport:
     unknown_outcome: tuple[tuple[int, str], ...]  # (seq, call_id) of allowed calls without a result
     crash_restarts: tuple[int, ...] = ()  # seq of each `start` that follows no `stop`: a crash
     last_seq: int = -1  # of the last entry verified
+    anchors: AnchorReport | None = None  # None when checkpoints were not checked
 
     @property
     def ok(self) -> bool:
@@ -91,6 +140,7 @@ class LogReport:
             else {"segment": str(torn.segment), "line": torn.number, "bytes": torn.size},
             "unknown_outcome": [{"seq": seq, "call_id": call_id} for seq, call_id in self.unknown_outcome],
             "crash_restarts": list(self.crash_restarts),
+            "anchors": None if self.anchors is None else self.anchors.to_json(),
         }
 
     def to_text(self) -> str:
@@ -110,6 +160,15 @@ class LogReport:
                 f"  warning: torn tail ({torn.segment.name}:{torn.number}, {torn.size} bytes): "
                 "an interrupted write, set aside by the broker on restart"
             )
+        if self.anchors is not None:
+            found = self.anchors
+            cosigned = "".join(
+                f"; cosigned by {name} up to size {size}" for name, size in sorted(found.cosigned.items())
+            )
+            lines.append(
+                f"  checkpoints: {found.checked} checked, anchored up to size {found.largest}{cosigned}"
+            )
+            lines.extend(f"  warning: {warning}" for warning in found.warnings)
         if self.ok:  # the end and open calls of a broken log are not trustworthy
             lines.append(
                 "  sealed (ends with stop)"
@@ -147,9 +206,14 @@ class VerifyReport:
 
 
 def verify_logs(
-    logs: dict[str, list[Path]], trusted_keys: dict[str, bytes], *, workers: int | None = None
+    logs: dict[str, list[Path]],
+    trusted_keys: dict[str, bytes],
+    anchors: Anchors | None = None,
+    *,
+    workers: int | None = None,
 ) -> VerifyReport:
-    """Check every log (broker id -> ordered segments) against the trusted keys (kid -> raw key).
+    """Check every log (broker id -> ordered segments) against the trusted keys (kid -> raw key),
+    and, given `anchors`, against its checkpoints.
 
     Logs of at least PARALLEL_FROM_BYTES have their lines' own checks done on `workers`
     processes (default: every core); the chain is always judged in order, in this process.
@@ -157,7 +221,10 @@ def verify_logs(
     count = workers if workers is not None else os.cpu_count() or 1
     with _Workers(count) as pool:
         return VerifyReport(
-            tuple(_verify_log(broker, segments, trusted_keys, pool) for broker, segments in logs.items())
+            tuple(
+                _verify_log(broker, segments, trusted_keys, pool, anchors)
+                for broker, segments in logs.items()
+            )
         )
 
 
@@ -274,6 +341,7 @@ class _LogCheck:
         self._later: list[_Placed] = []  # the rest of the log, read only to explain a break
         self.lines = 0
         self.hashes: list[str] = []  # of the verified entries; index = seq
+        self.places: list[tuple[Path, int]] = []  # (segment, line) of the verified entries; index = seq
         self.broker: object = None
         self.kinds: Counter[str] = Counter()
         self.open_calls: dict[str, int] = {}  # call_id -> seq of an allowed call without result
@@ -314,6 +382,7 @@ class _LogCheck:
         if self.hashes and facts.broker != self.broker:
             return broken("inserted", f"entry of broker {facts.broker!r} in the log of {self.broker!r}")
         self._extend(facts, entry_hash)
+        self.places.append((placed.segment, placed.number))
         return None
 
     def _misplaced(self, seq: int, entry_hash: str) -> tuple[Category, str]:
@@ -355,7 +424,11 @@ class _LogCheck:
 
 
 def _verify_log(
-    broker: str, segments: list[Path], trusted_keys: dict[str, bytes], pool: _Workers
+    broker: str,
+    segments: list[Path],
+    trusted_keys: dict[str, bytes],
+    pool: _Workers,
+    anchors: Anchors | None,
 ) -> LogReport:
     size = 0
     for segment in segments:
@@ -384,7 +457,15 @@ def _verify_log(
     if check.lines == 0:
         where = segments[-1] if segments else Path(broker)
         first_break = Break(0, where, 1, "truncated", "the log holds no entries")
+    anchor_report: AnchorReport | None = None
+    if anchors is not None:
+        # The log's broker is the one its entries name (a copied folder may be named otherwise).
+        named = check.broker if isinstance(check.broker, str) else broker
+        place = _Locator(check.places, segments)
+        anchor_break, anchor_report = _check_anchors(named, segments, place, check.hashes, anchors)
+        first_break = first_break or anchor_break
     return LogReport(
+        anchors=anchor_report,
         broker=broker,
         segments=tuple(segments),
         entries=check.lines,
@@ -514,3 +595,148 @@ def _parallel_facts(
         return TornTail(last, numbers.get(last, 0) + 1, torn_size)
 
     return placed(), torn
+
+
+# -- checkpoints (SPEC section 7) -------------------------------------------------------------------
+
+
+def _read_notes_file(path: Path) -> tuple[list[Note], list[str]]:
+    """The notes of a notes file, or the checkpoint of a witness's state file (JSON)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [], [f"{path}: cannot read: {exc.strerror or exc}"]
+    if path.suffix == ".json":
+        try:
+            state = json.loads(data)
+            return [Note.parse(str(state["checkpoint"]))], []
+        except (ValueError, KeyError, TypeError) as exc:
+            return [], [f"{path}: not a witness state file: {exc}"]
+    notes, problems = parse_notes(data)
+    return notes, [f"{path}: {problem}" for problem in problems]
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchored:
+    checkpoint: Checkpoint
+    witnesses: frozenset[str]
+    where: Path
+
+
+class _Locator:
+    """Where the entry of a seq stands (segment, line), for a break a checkpoint reveals."""
+
+    def __init__(self, places: list[tuple[Path, int]], segments: list[Path]) -> None:
+        self._places = places
+        self._segments = segments
+
+    def at(self, seq: int, category: Category, detail: str) -> Break:
+        if seq < len(self._places):
+            segment, number = self._places[seq]
+            return Break(seq, segment, number, category, detail)
+        if self._places:
+            segment, number = self._places[-1]
+            return Break(seq, segment, number + 1, category, detail)
+        return Break(seq, self._segments[-1] if self._segments else Path("-"), 1, category, detail)
+
+
+def _check_anchors(
+    broker: str, segments: list[Path], place: _Locator, hashes: list[str], anchors: Anchors
+) -> tuple[Break | None, AnchorReport]:
+    log_key = next((key for key in anchors.checkpoint_keys if key.name.endswith("/" + broker)), None)
+    if log_key is None:
+        detail = f"no trusted checkpoint key for the origin */{broker}: its checkpoints cannot be checked"
+        return place.at(len(hashes), "bad_checkpoint_signature", detail), AnchorReport()
+    log_dir = segments[0].parent if segments else Path(broker)
+    files = [*sorted((log_dir / CHECKPOINTS_DIR).glob("*.notes")), *anchors.notes_files]
+    warnings: list[str] = []
+    anchored: list[_Anchored] = []
+    bad_signature: str | None = None
+    bad_cosignature: str | None = None
+    for path in files:
+        notes, problems = _read_notes_file(path)
+        warnings.extend(problems)
+        for note in notes:
+            try:
+                checkpoint = Checkpoint.from_text(note.text)
+            except NoteError as exc:
+                warnings.append(f"{path}: a note that is not a checkpoint: {exc}")
+                continue
+            if checkpoint.origin != log_key.name:
+                continue  # another log's
+            if not _signed_by(note, log_key):
+                bad_signature = (
+                    bad_signature
+                    or f"{path}: checkpoint of size {checkpoint.size} without a valid signature of {log_key.name}"
+                )
+                continue
+            witnesses = set()
+            for witness in anchors.witness_keys:
+                matching = [sig for sig in note.signatures if witness.matches(sig)]
+                if any(not witness.verify(note.text, sig) for sig in matching):
+                    bad_cosignature = (
+                        bad_cosignature
+                        or f"{path}: a cosignature of {witness.name} on size {checkpoint.size} does not verify"
+                    )
+                elif matching:
+                    witnesses.add(witness.name)
+            anchored.append(_Anchored(checkpoint, frozenset(witnesses), path))
+    cosigned = {
+        witness.name: max((a.checkpoint.size for a in anchored if witness.name in a.witnesses), default=0)
+        for witness in anchors.witness_keys
+    }
+    report = AnchorReport(
+        checked=len(anchored),
+        largest=max((a.checkpoint.size for a in anchored), default=0),
+        cosigned={name: size for name, size in cosigned.items() if size},
+        warnings=tuple(warnings),
+    )
+    uncosigned = [name for name, size in cosigned.items() if size == 0]
+    if uncosigned and bad_cosignature is None:
+        bad_cosignature = f"no checkpoint of this log carries a cosignature of {', '.join(uncosigned)}"
+    found = _compare_roots(place, hashes, anchored)
+    if found is None and bad_signature is not None:
+        found = place.at(len(hashes), "bad_checkpoint_signature", bad_signature)
+    if found is None and bad_cosignature is not None:
+        found = place.at(len(hashes), "bad_cosignature", bad_cosignature)
+    return found, report
+
+
+def _signed_by(note: Note, key: Verifier) -> bool:
+    matching = [sig for sig in note.signatures if key.matches(sig)]
+    return bool(matching) and all(key.verify(note.text, sig) for sig in matching)
+
+
+def _compare_roots(place: _Locator, hashes: list[str], anchored: Sequence[_Anchored]) -> Break | None:
+    """Recompute the root at every anchored size the log reaches; the first mismatch, or the
+    largest anchored size beyond the log's end."""
+    by_size = sorted(anchored, key=lambda a: a.checkpoint.size)
+    tree = CompactRange()
+    matched = 0  # the largest size whose root matched an anchor
+    for item in by_size:
+        size = item.checkpoint.size
+        if size > len(hashes):
+            break
+        while tree.size < size:
+            tree.append(bytes.fromhex(hashes[tree.size].removeprefix("sha256:")))
+        if tree.root() != item.checkpoint.root:
+            witnessed = f", cosigned by {', '.join(sorted(item.witnesses))}" if item.witnesses else ""
+            return place.at(
+                matched,
+                "root_mismatch",
+                f"the root of the first {size} entries is not the one anchored ({item.where.name}{witnessed}): "
+                f"entries {matched} to {size - 1} differ from what was anchored",
+            )
+        matched = size
+    beyond = [a for a in by_size if a.checkpoint.size > len(hashes)]
+    if beyond:
+        # The most authoritative: the largest cosigned size, else the largest size.
+        top = max(beyond, key=lambda a: (bool(a.witnesses), a.checkpoint.size))
+        witnessed = f", cosigned by {', '.join(sorted(top.witnesses))}" if top.witnesses else ""
+        return place.at(
+            len(hashes),
+            "truncated",
+            f"the log ends after {len(hashes)} entries but size {top.checkpoint.size} was anchored "
+            f"({top.where.name}{witnessed}): entries {len(hashes)} to {top.checkpoint.size - 1} are missing",
+        )
+    return None

@@ -4,7 +4,8 @@ It owns the chain (seq, prev_hash), the segment files and durability. `append` s
 at once (so its place in the chain is fixed the moment a decision is made) and queues its
 line; a single flusher writes queued lines in batches and fsyncs each batch once (group
 commit) on a dedicated thread, so the event loop never blocks on the disk. `durable(seq,
-timeout)` waits, bounded, for the batch holding an entry.
+timeout)` waits, bounded, for the batch holding an entry; `on_durable` hands each durable batch's
+(seq, hash) pairs, in order, to whoever builds the Merkle tree (the anchor).
 
 Failure rules (SPEC §4, docs/audit-faults.md): a failed write keeps its lines queued, in order,
 and retries them at the same file offset, so nothing is lost, duplicated or forked; while writes
@@ -31,7 +32,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,7 @@ class AuditWriter:
         self._on_batch = on_batch  # (entries, seconds to write and fsync) of each group commit
         self._tail = _find_tail(folder)
         self._fd = -1
-        self._pending: list[tuple[int, bytes]] = []
+        self._pending: list[tuple[int, bytes, str]] = []  # seq, line, hash
         self._pending_bytes = 0
         self._durable_seq = self._tail.seq - 1
         self._waiters: dict[int, asyncio.Future[None]] = {}
@@ -120,6 +121,7 @@ class AuditWriter:
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self.last_error: str | None = None
+        self.on_durable: Callable[[Sequence[tuple[int, str]]], None] | None = None
         self.batches = 0  # group commits done (for metrics)
         self.batch_sizes_total = 0
 
@@ -203,7 +205,7 @@ class AuditWriter:
             "prev_hash": tail.prev_hash,
         }
         line, entry_hash, sig = seal(body, self._key)
-        self._pending.append((tail.seq, line))
+        self._pending.append((tail.seq, line, entry_hash))
         self._pending_bytes += len(line)
         appended = Appended(tail.seq, entry_hash, sig)
         tail.seq += 1
@@ -240,13 +242,13 @@ class AuditWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_CHECK_S)
                 if not self._pending:
-                    batch: list[tuple[int, bytes]] = []
+                    batch: list[tuple[int, bytes, str]] = []
                     work: Callable[[], float | None] = self._check_segment
                 else:
                     continue
             else:
                 batch, self._pending = self._pending, []
-                data = b"".join(line for _, line in batch)
+                data = b"".join(line for _, line, _ in batch)
                 work = functools.partial(self._write_batch, data)
             try:
                 result = await loop.run_in_executor(self._thread, work)
@@ -278,12 +280,14 @@ class AuditWriter:
             self._failing = False
             self.last_error = None
             if batch:
-                self._pending_bytes -= sum(len(line) for _, line in batch)
+                self._pending_bytes -= sum(len(line) for _, line, _ in batch)
                 self.batches += 1
                 self.batch_sizes_total += len(batch)
                 if self._on_batch is not None and result is not None:
                     self._on_batch(len(batch), result)
                 self._durable_seq = batch[-1][0]
+                if self.on_durable is not None:
+                    self.on_durable([(seq, entry_hash) for seq, _, entry_hash in batch])
             self._release_waiters()
 
     def _release_waiters(self) -> None:

@@ -29,9 +29,9 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so each command group lives in its own module.
-    from ztb.cli import audit, caller, deployment, evidence, explain, registry
+    from ztb.cli import audit, caller, deployment, evidence, explain, registry, witness
 
-    for module in (deployment, registry, explain, audit, caller, evidence):
+    for module in (deployment, registry, explain, audit, caller, evidence, witness):
         for command in module.COMMANDS:
             cli.add_command(command)
 

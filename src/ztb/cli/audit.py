@@ -1,8 +1,9 @@
-"""ztb audit commands: the auditor's `verify` and the operator's `show`. Parses arguments and
-calls ztb.audit; it never judges a log itself.
+"""ztb audit commands: the auditor's `verify` and `prove`, and the operator's `show`. Parses
+arguments and calls ztb.audit; it never judges a log itself.
 
 Exit codes of `verify`: 0 intact, 1 tampered or broken, 2 usage error (bad arguments, no logs,
-unreadable key).
+unreadable key). `prove` exits 0 with the proof as JSON, 1 when no checkpoint can prove the
+entry, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import click
 
+from ztb.audit.anchor import deployment_checkpoint_keys
 from ztb.audit.keys import kid_of, load_public_key
+from ztb.audit.note import COSIGNATURE_V1, ED25519, NoteError, Verifier
+from ztb.audit.proofs import prove_entry
 from ztb.audit.reader import LogNotFound, LogReadError, find_logs, read_entries
-from ztb.audit.verify import verify_logs
+from ztb.audit.verify import Anchors, verify_logs
 from ztb.cli import UserError
 from ztb.config import ConfigError, load_broker_config
 from ztb.config.broker import BROKER_FILE
@@ -41,13 +45,44 @@ def audit() -> None:
     metavar="FILE",
     help="A trusted audit public key: PEM file, file of 64 hex digits, or the hex itself. Repeatable.",
 )
+@click.option(
+    "--checkpoint-key",
+    "checkpoint_keys",
+    multiple=True,
+    metavar="VKEY",
+    help="A log's checkpoint verifier key (file or text, name = origin). Repeatable. "
+    "Default for a deployment: its keys/checkpoint.vkey.",
+)
+@click.option(
+    "--witness-key",
+    "witness_keys",
+    multiple=True,
+    metavar="VKEY",
+    help="A witness whose cosignatures are required (file or text). Repeatable.",
+)
+@click.option(
+    "--checkpoints",
+    "notes_files",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="More checkpoints: a file: sink's notes file or a witness state file. Repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(directory: Path, pubkeys: tuple[str, ...], as_json: bool) -> None:
-    """Check every entry of the logs in DIRECTORY (a deployment, an audit folder or one log).
+def verify(
+    directory: Path,
+    pubkeys: tuple[str, ...],
+    checkpoint_keys: tuple[str, ...],
+    witness_keys: tuple[str, ...],
+    notes_files: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """Check every entry of the logs in DIRECTORY (a deployment, an audit folder or one log),
+    and the log against its checkpoints when a checkpoint key is known.
 
     Exit 0 intact, 1 tampered or broken, 2 usage error.
     """
     logs = _find(directory)
+    anchors = _anchors(directory, checkpoint_keys, witness_keys, notes_files)
     trusted: dict[str, bytes] = {}
     for spec in pubkeys or (str(_deployment_public_key(directory)),):
         try:
@@ -56,7 +91,7 @@ def verify(directory: Path, pubkeys: tuple[str, ...], as_json: bool) -> None:
             raise _UsageProblem(f"--pubkey {exc}") from None
         trusted[kid_of(public_raw)] = public_raw
     try:
-        report = verify_logs(logs, trusted)
+        report = verify_logs(logs, trusted, anchors)
     except LogReadError as exc:
         raise _UsageProblem(str(exc)) from None
     if as_json:
@@ -74,6 +109,123 @@ def _deployment_public_key(directory: Path) -> Path:
     except ConfigError as exc:
         raise _UsageProblem(str(exc)) from None
     return config.path(config.audit.signing_key).with_suffix(".pub")
+
+
+def _vkey(spec: str, kind: int, option: str) -> Verifier:
+    path = Path(spec)
+    try:
+        text = path.read_text(encoding="ascii") if path.is_file() else spec
+        verifier = Verifier.parse(text)
+    except (OSError, UnicodeDecodeError, NoteError) as exc:
+        raise _UsageProblem(f"{option} {spec}: {exc}") from None
+    if verifier.signature_type != kind:
+        raise _UsageProblem(f"{option} {spec}: a key of signature type 0x{kind:02x} is needed")
+    return verifier
+
+
+def _checkpoint_keys(directory: Path, specs: tuple[str, ...]) -> list[Verifier]:
+    if specs:
+        return [_vkey(spec, ED25519, "--checkpoint-key") for spec in specs]
+    if (directory / BROKER_FILE).is_file():
+        try:
+            return deployment_checkpoint_keys(load_broker_config(directory))
+        except ConfigError as exc:
+            raise _UsageProblem(str(exc)) from None
+    return []
+
+
+def _anchors(
+    directory: Path,
+    checkpoint_keys: tuple[str, ...],
+    witness_keys: tuple[str, ...],
+    notes_files: tuple[Path, ...],
+) -> Anchors | None:
+    keys = _checkpoint_keys(directory, checkpoint_keys)
+    witnesses = tuple(_vkey(spec, COSIGNATURE_V1, "--witness-key") for spec in witness_keys)
+    if not keys:
+        if witnesses or notes_files:
+            raise _UsageProblem("checking checkpoints needs the log's --checkpoint-key")
+        return None
+    return Anchors(tuple(keys), witnesses, notes_files)
+
+
+@audit.command("prove")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--call-id", help="Prove the `call` entry of this call.")
+@click.option("--seq", type=click.IntRange(min=0), help="Prove the entry with this seq.")
+@click.option("--broker", help="The log to read when DIRECTORY holds several.")
+@click.option(
+    "--checkpoint-key", metavar="VKEY", help="The log's checkpoint verifier key (default: the deployment's)."
+)
+@click.option(
+    "--witness-key",
+    "witness_keys",
+    multiple=True,
+    metavar="VKEY",
+    help="Prove against a checkpoint cosigned by this witness (file or text). Repeatable.",
+)
+@click.option(
+    "--checkpoints",
+    "notes_files",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="More notes files to find checkpoints in. Repeatable.",
+)
+def prove(
+    directory: Path,
+    call_id: str | None,
+    seq: int | None,
+    broker: str | None,
+    checkpoint_key: str | None,
+    witness_keys: tuple[str, ...],
+    notes_files: tuple[Path, ...],
+) -> None:
+    """Print an entry, its inclusion proof and the checkpoint it is proved against, as JSON.
+
+    The checkpoint is the largest one that covers the entry (cosigned by every --witness-key).
+    """
+    if (call_id is None) == (seq is None):
+        raise _UsageProblem("give exactly one of --call-id and --seq")
+    logs = _find(directory)
+    if broker is not None:
+        if broker not in logs:
+            raise _UsageProblem(f"no log of broker {broker} in {directory}")
+        logs = {broker: logs[broker]}
+    if call_id is not None:
+        found = [
+            (name, entry)
+            for name, segments in logs.items()
+            for entry in _entries(segments)
+            if entry.get("call_id") == call_id and entry.get("kind") == "call"
+        ]
+        if not found:
+            raise UserError(f"no call entry with call_id {call_id} in {directory}")
+        broker, entry = found[0]
+        seq = int(str(entry["seq"]))
+    elif len(logs) != 1:
+        raise _UsageProblem(f"{directory} holds several logs: name one with --broker")
+    else:
+        broker = next(iter(logs))
+    assert seq is not None and broker is not None
+    keys = _checkpoint_keys(directory, (checkpoint_key,) if checkpoint_key else ())
+    log_key = next((key for key in keys if key.name.endswith("/" + broker)), None)
+    if log_key is None:
+        raise _UsageProblem(f"no checkpoint key for the log of {broker}: pass --checkpoint-key")
+    witnesses = [_vkey(spec, COSIGNATURE_V1, "--witness-key") for spec in witness_keys]
+    try:
+        proof = prove_entry(
+            logs[broker][0].parent, seq, log_key, witness_keys=witnesses, extra_notes=notes_files
+        )
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(json.dumps(proof.to_json(), indent=2, ensure_ascii=False))
+
+
+def _entries(segments: list[Path]) -> list[dict[str, object]]:
+    try:
+        return list(read_entries(segments))
+    except LogReadError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _find(directory: Path) -> dict[str, list[Path]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -49,6 +50,41 @@ class Audit(_Frozen):
     segment_bytes: Annotated[int, Field(ge=16 * 1024, le=1024**3)] = 64 * 1024 * 1024
 
 
+class FileSink(_Frozen):
+    """`file:` anchor: every checkpoint is appended to this file (put it on another host or mount)."""
+
+    file: Path
+
+
+class WitnessSink(_Frozen):
+    """`witness:` anchor: a C2SP tlog-witness at this https URL prefix, reached over mTLS with the
+    broker's egress certificate; its server certificate must chain to `ca`, and its cosignatures
+    must verify under the verifier key in the file `vkey`."""
+
+    witness: str
+    ca: Path
+    vkey: Path
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5
+
+    @field_validator("witness")
+    @classmethod
+    def _https_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("must be an https://host[:port][/prefix] URL")
+        return value.rstrip("/")
+
+
+class Anchor(_Frozen):
+    """Checkpoints of the log's Merkle tree, signed with their own key and sent to the sinks."""
+
+    checkpoint_key: Path = Path("keys/checkpoint.key")
+    every_entries: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    every_s: Annotated[float, Field(ge=0.05, le=3600)] = 5
+    max_lag_s: Annotated[float, Field(ge=1, le=86_400)] = 60
+    sinks: tuple[FileSink | WitnessSink, ...] = ()
+
+
 class Limits(_Frozen):
     header_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10
     body_timeout_s: Annotated[float, Field(gt=0, le=120)] = 30
@@ -67,6 +103,7 @@ class BrokerConfig(_Frozen):
     tls: ServerTLS
     egress: EgressTLS
     audit: Audit = Audit()
+    anchor: Anchor = Anchor()
     token_ttl_s: Annotated[int, Field(ge=1, le=60)] = 60
     token_store: str = "memory"
     # Redis only: a take is honoured once this many replicas acknowledged it (Redis WAIT), so a

@@ -1,0 +1,481 @@
+"""The anchor: the broker's Merkle tree over its durable entries, and the checkpoints that take
+the tree's head off the host (SPEC section 7).
+
+The tree (an RFC 6962 right edge, grown one leaf at a time) is fed only the (seq, hash) pairs
+the writer reports durable, so no checkpoint covers an entry that is not on disk. Every
+`every_entries` entries or `every_s` seconds, whichever comes first and only if the log grew,
+it signs a checkpoint with the checkpoint key, appends it to `checkpoints/checkpoints.notes`
+beside the log, and hands it to every sink: `FileSink` appends it to a file elsewhere; a witness
+sink (ztb.edge.witness_client) returns cosignatures, kept in `checkpoints/cosigned.notes`.
+Consistency proofs for a sink come from the right edge at its old size and the leaves appended
+since (kept in memory while a sink lags, read back from the log when they are not).
+
+A failing sink never stops calls: it is retried, its lag (how long the oldest durable entry it
+has not anchored has waited) is measured, and past `max_lag_s` the broker reports not-ready.
+On start it refuses a log that is shorter than, or differs from, a checkpoint it already signed:
+signing a new head for it would fork the log. It never knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ztb.audit.checkpoint import Checkpoint, origin_of, parse_notes, sign_checkpoint
+from ztb.audit.keys import SigningKey
+from ztb.audit.merkle import HASH_SIZE, CompactRange, ProofError, consistency_proof, subtree_of
+from ztb.audit.note import ED25519, Note, NoteError, NoteSignature, Verifier, open_note
+from ztb.audit.reader import LogReadError, read_entries
+from ztb.config.broker import BrokerConfig
+from ztb.config.errors import ConfigError
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "COSIGNED_NOTES",
+    "LOG_NOTES",
+    "Anchor",
+    "FileSink",
+    "Sink",
+    "SinkError",
+    "SinkStatus",
+    "append_durably",
+    "read_leaves",
+]
+
+CHECKPOINTS_DIR = "checkpoints"
+LOG_NOTES = "checkpoints.notes"
+COSIGNED_NOTES = "cosigned.notes"
+MAX_WINDOW = 1 << 20  # leaves kept for lagging witnesses (32 MiB); past that the log is re-read
+RETRY_S = 1.0
+FINAL_TIMEOUT_S = 5.0
+
+Prover = Callable[[int, int], Awaitable[list[bytes]]]
+"""The consistency proof from an old size to a new size of this log."""
+
+
+class SinkError(Exception):
+    """A sink that could not take a checkpoint; str() is a one-line reason."""
+
+
+class Sink(Protocol):
+    name: str
+    verifier: Verifier | None  # the key of a sink's cosignatures (None: it returns none)
+
+    async def publish(
+        self, note: Note, checkpoint: Checkpoint, acked: int, prove: Prover
+    ) -> tuple[NoteSignature, ...]:
+        """Hand over a checkpoint the sink last saw at size `acked`; its cosignatures, if any.
+        SinkError when it was not taken."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatus:
+    name: str
+    anchored_size: int
+    lag_s: float
+    failures: int
+    error: str | None
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append `data` to `path` and fsync it (and its folder when the file is new)."""
+    created = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_leaves(log_dir: Path) -> list[bytes]:
+    """The leaf hash of every whole entry of one log, in order (a torn tail is not an entry)."""
+    leaves: list[bytes] = []
+    try:
+        for entry in read_entries(sorted(log_dir.glob("*.jsonl"))):
+            stated = entry.get("hash")
+            if entry.get("seq") != len(leaves) or not isinstance(stated, str):
+                raise ConfigError(f"{log_dir}: entry {len(leaves)} is damaged; run `ztb audit verify`")
+            leaves.append(bytes.fromhex(stated.removeprefix("sha256:")))
+    except (LogReadError, ValueError) as exc:
+        raise ConfigError(f"{log_dir}: {exc}") from None
+    return leaves
+
+
+def read_notes(path: Path) -> list[Note]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_notes(data)[0]
+
+
+def largest_signed(
+    notes: Sequence[Note], log: Verifier, witness: Verifier | None = None
+) -> Checkpoint | None:
+    """The largest checkpoint among `notes` signed by `log` (and cosigned by `witness`, if given).
+
+    Candidates are tried largest first, so only the signatures of the answer (and of larger
+    notes that fail) are checked."""
+    keys = [log] if witness is None else [log, witness]
+    candidates: list[tuple[int, int, Checkpoint, Note]] = []
+    for index, note in enumerate(notes):
+        try:
+            checkpoint = Checkpoint.from_text(note.text)
+        except NoteError:
+            continue
+        if checkpoint.origin == log.name:
+            candidates.append((checkpoint.size, index, checkpoint, note))
+    for _, _, checkpoint, note in sorted(candidates, key=lambda item: (item[0], item[1]), reverse=True):
+        try:
+            signed = open_note(note, keys)
+        except NoteError:
+            continue
+        if all(key in signed for key in keys):
+            return checkpoint
+    return None
+
+
+class FileSink:
+    """`file:` anchor: each checkpoint is appended, as a note and an empty line, to one file."""
+
+    verifier: Verifier | None = None
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = f"file:{path}"
+
+    async def publish(
+        self, note: Note, checkpoint: Checkpoint, acked: int, prove: Prover
+    ) -> tuple[NoteSignature, ...]:
+        try:
+            await asyncio.to_thread(append_durably, self.path, (note.encode() + "\n").encode())
+        except OSError as exc:
+            raise SinkError(f"cannot append to {self.path}: {exc.strerror or exc}") from None
+        return ()
+
+    async def close(self) -> None:
+        return None
+
+
+class _Window:
+    """The leaves from `base` on, and the right edge at `base`: enough to prove consistency from
+    any size >= base without the rest of the log."""
+
+    def __init__(self, edge: CompactRange, leaves: Sequence[bytes]) -> None:
+        self.base = edge.size
+        self.edge = edge
+        self.data = bytearray(b"".join(leaves))
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.data) // HASH_SIZE
+
+    def append(self, leaf: bytes) -> None:
+        self.data += leaf
+
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        return [
+            bytes(self.data[(i - self.base) * HASH_SIZE : (i - self.base + 1) * HASH_SIZE])
+            for i in range(start, end)
+        ]
+
+    def edge_at(self, size: int) -> CompactRange:
+        edge = self.edge.copy()
+        edge.extend(self.leaves(self.base, size))
+        return edge
+
+    def trim(self, base: int) -> None:
+        if base > self.base:
+            self.edge = self.edge_at(base)
+            del self.data[: (base - self.base) * HASH_SIZE]
+            self.base = base
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        if not self.base <= old <= new <= self.end:
+            raise KeyError((old, new))
+        old_edge = self.edge_at(old)
+        recent = self.leaves(old, new)
+
+        def subtree(start: int, end: int) -> bytes:
+            if end <= old:
+                return old_edge.node(start, end)
+            return subtree_of(recent)(start - old, end - old)
+
+        return consistency_proof(old, new, subtree)
+
+
+@dataclass
+class _SinkState:
+    sink: Sink
+    acked: int = 0
+    failures: int = 0
+    error: str | None = None
+
+
+class Anchor:
+    def __init__(
+        self,
+        log_dir: Path,
+        origin: str,
+        key: SigningKey,
+        sinks: Sequence[Sink],
+        *,
+        every_entries: int = 1000,
+        every_s: float = 5.0,
+        max_lag_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self.log_dir = log_dir
+        self.origin = origin
+        self._key = key
+        self.verifier = Verifier(origin, ED25519, key.public_raw)
+        self._states = [_SinkState(sink) for sink in sinks]
+        self._every_entries = every_entries
+        self._every_s = every_s
+        self.max_lag_s = max_lag_s
+        self._clock = clock
+        self._on_failure = on_failure
+        self.tree = CompactRange()
+        self._window = _Window(CompactRange(), [])
+        self._grown: deque[tuple[int, float]] = deque()  # (tree size after a batch, when it was durable)
+        self.latest: tuple[Checkpoint, Note] | None = None
+        self._latest_at = clock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.error: str | None = None  # why the last checkpoint could not be kept beside the log
+        self.broken = False
+
+    @property
+    def notes_dir(self) -> Path:
+        return self.log_dir / CHECKPOINTS_DIR
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, next_seq: int) -> None:
+        """Rebuild the tree from the log on disk (which must hold `next_seq` entries and agree with
+        every checkpoint already signed), then start the schedule."""
+        leaves = await asyncio.to_thread(read_leaves, self.log_dir)
+        if len(leaves) != next_seq:
+            raise ConfigError(f"{self.log_dir}: the log holds {len(leaves)} entries, expected {next_seq}")
+        own = await asyncio.to_thread(read_notes, self.notes_dir / LOG_NOTES)
+        cosigned = await asyncio.to_thread(read_notes, self.notes_dir / COSIGNED_NOTES)
+        latest = largest_signed([*own, *cosigned], self.verifier)
+        if latest is not None:
+            self._check_log_holds(latest, leaves)
+            self.latest = (latest, sign_checkpoint(latest, self._key))
+        for state in self._states:
+            state.acked = await self._resume_size(state.sink, cosigned, leaves)
+        self.tree.extend(leaves)
+        base = min(
+            [state.acked for state in self._states if state.sink.verifier is not None] or [len(leaves)]
+        )
+        edge = CompactRange()
+        edge.extend(leaves[:base])
+        self._window = _Window(edge, leaves[base:])
+        now = self._clock()
+        self._grown.append((len(leaves), now))
+        self._latest_at = now
+        self._task = asyncio.create_task(self._run(), name=f"anchor-{self.origin}")
+
+    def _check_log_holds(self, latest: Checkpoint, leaves: list[bytes]) -> None:
+        if latest.size > len(leaves):
+            raise ConfigError(
+                f"{self.log_dir}: the log holds {len(leaves)} entries but checkpoint {latest.size} was signed: "
+                "entries were removed; run `ztb audit verify`"
+            )
+        if subtree_of(leaves)(0, latest.size) != latest.root:
+            raise ConfigError(
+                f"{self.log_dir}: the first {latest.size} entries do not match the checkpoint signed for them; "
+                "run `ztb audit verify`"
+            )
+
+    async def _resume_size(self, sink: Sink, cosigned: list[Note], leaves: list[bytes]) -> int:
+        if sink.verifier is not None:
+            best = largest_signed(cosigned, self.verifier, sink.verifier)
+        elif isinstance(sink, FileSink):
+            best = largest_signed(await asyncio.to_thread(read_notes, sink.path), self.verifier)
+        else:
+            best = None
+        return 0 if best is None or best.size > len(leaves) else best.size
+
+    async def close(self, *, final: bool = True) -> None:
+        """Stop the schedule; with `final`, first anchor everything durable (bounded in time)."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            # The loop sees `_closing` when it wakes; a round in flight gets a bounded wait.
+            done, _ = await asyncio.wait({self._task}, timeout=FINAL_TIMEOUT_S)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
+            self._task = None
+        if final:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FINAL_TIMEOUT_S):
+                    await self._round(force=True)
+        for state in self._states:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await state.sink.close()
+
+    # -- fed by the writer ---------------------------------------------------------------------
+
+    def on_durable(self, batch: Sequence[tuple[int, str]]) -> None:
+        for seq, entry_hash in batch:
+            if seq != self.tree.size or self.broken:  # the writer hands over every entry once, in order
+                # Never raise into the writer's flusher: stop growing, so the lag turns the broker not-ready.
+                self.broken = True
+                self.error = f"the tree expected seq {self.tree.size}, got {seq}: anchoring stopped"
+                return
+            leaf = bytes.fromhex(entry_hash.removeprefix("sha256:"))
+            self.tree.append(leaf)
+            self._window.append(leaf)
+        self._grown.append((self.tree.size, self._clock()))
+        if self.tree.size - self._anchored_size() >= self._every_entries:
+            self._wake.set()
+
+    # -- the schedule ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._next_due()):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self._closing:
+                await self._round(force=False)
+
+    def _next_due(self) -> float:
+        if any(state.error for state in self._states) or self.error:
+            return min(RETRY_S, self._every_s)
+        if self.tree.size > self._anchored_size():
+            return max(0.01, self._every_s - (self._clock() - self._latest_at))
+        return self._every_s
+
+    def _anchored_size(self) -> int:
+        return 0 if self.latest is None else self.latest[0].size
+
+    async def _round(self, *, force: bool) -> None:
+        grown = self.tree.size - self._anchored_size()
+        due = force or grown >= self._every_entries or self._clock() - self._latest_at >= self._every_s
+        if grown > 0 and due:
+            await self._checkpoint()
+        if self.latest is not None:
+            checkpoint, note = self.latest
+            behind = [state for state in self._states if state.acked < checkpoint.size]
+            await asyncio.gather(*(self._publish(state, checkpoint, note) for state in behind))
+        self._trim()
+
+    async def _checkpoint(self) -> None:
+        checkpoint = Checkpoint(self.origin, self.tree.size, self.tree.root())
+        note = sign_checkpoint(checkpoint, self._key)
+        try:
+            await asyncio.to_thread(
+                append_durably, self.notes_dir / LOG_NOTES, (note.encode() + "\n").encode()
+            )
+        except OSError as exc:
+            self.error = f"cannot keep the checkpoint beside the log: {exc.strerror or exc}"
+            return
+        self.error = None
+        self.latest = (checkpoint, note)
+        self._latest_at = self._clock()
+
+    async def _publish(self, state: _SinkState, checkpoint: Checkpoint, note: Note) -> None:
+        try:
+            cosignatures = await state.sink.publish(note, checkpoint, state.acked, self._prove)
+            if cosignatures:
+                cosigned = note.with_signatures(cosignatures)
+                await asyncio.to_thread(
+                    append_durably, self.notes_dir / COSIGNED_NOTES, (cosigned.encode() + "\n").encode()
+                )
+        except (SinkError, ProofError, OSError) as exc:
+            state.failures += 1
+            state.error = str(exc) or type(exc).__name__
+            if self._on_failure is not None:
+                self._on_failure(state.sink.name)
+            return
+        state.acked = checkpoint.size
+        state.error = None
+
+    async def _prove(self, old: int, new: int) -> list[bytes]:
+        try:
+            return self._window.consistency(old, new)
+        except KeyError:
+            pass
+        leaves = (await asyncio.to_thread(read_leaves, self.log_dir))[:new]
+        if len(leaves) < new:
+            raise ProofError(f"the log on disk holds fewer than {new} entries")
+        return consistency_proof(old, new, subtree_of(leaves))
+
+    def _trim(self) -> None:
+        anchored = [state.acked for state in self._states]
+        low = min([*anchored, self._anchored_size()])
+        while self._grown and self._grown[0][0] <= low:
+            self._grown.popleft()
+        proving = [state.acked for state in self._states if state.sink.verifier is not None]
+        base = min([*proving, self._anchored_size()])
+        base = max(base, self._window.end - MAX_WINDOW)
+        self._window.trim(min(base, self._window.end))
+
+    # -- what the admin plane shows --------------------------------------------------------------
+
+    def lag_s(self, anchored: int) -> float:
+        """How long the oldest durable entry beyond `anchored` has waited (0 when there is none)."""
+        if anchored >= self.tree.size:
+            return 0.0
+        since = next((at for size, at in self._grown if size > anchored), self._clock())
+        return max(0.0, self._clock() - since)
+
+    def status(self) -> list[SinkStatus]:
+        local = SinkStatus("local", self._anchored_size(), self.lag_s(self._anchored_size()), 0, self.error)
+        return [local] + [
+            SinkStatus(state.sink.name, state.acked, self.lag_s(state.acked), state.failures, state.error)
+            for state in self._states
+        ]
+
+    @property
+    def ready(self) -> bool:
+        return all(status.lag_s <= self.max_lag_s for status in self.status())
+
+
+def deployment_checkpoint_keys(config: BrokerConfig) -> list[Verifier]:
+    """The checkpoint verifier keys a deployment's own files vouch for: `<checkpoint_key>.vkey`,
+    and, with `workers: N`, the same key under the origin of each worker's log (every worker signs
+    with the deployment's one checkpoint key; each log has its own origin). Empty without a vkey."""
+    vkey = config.path(config.anchor.checkpoint_key).with_suffix(".vkey")
+    if not vkey.is_file():
+        return []
+    try:
+        base = Verifier.parse(vkey.read_text(encoding="ascii"))
+    except (OSError, UnicodeDecodeError, NoteError) as exc:
+        raise ConfigError(f"{vkey}: not a checkpoint verifier key: {exc}") from None
+    if config.workers == 1:
+        return [base]
+    return [
+        dataclasses.replace(base, name=origin_of(config.deployment, config.worker_id(n)))
+        for n in range(config.workers)
+    ]
