@@ -323,6 +323,7 @@ limits:
   max_headers: 64                # more request headers than this: 431
   max_header_bytes: 16384        # a larger request header block: 431
   max_response_bytes: 8388608    # an upstream response larger than this is not relayed (8 MiB)
+  max_connections: 1024          # concurrent caller connections; more are closed before TLS
 """
 
 

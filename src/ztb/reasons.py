@@ -26,6 +26,7 @@ class Reason(StrEnum):
     TLS_HANDSHAKE_FAILED = "tls_handshake_failed"  # TLS level: version, cipher or garbage
     CLIENT_CERT_NOT_CLIENT_AUTH = "client_cert_not_client_auth"  # TLS level: EKU lacks clientAuth
     CLIENT_CERT_IS_CA = "client_cert_is_ca"  # TLS level: leaf is a CA certificate
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # connection level: the listener's cap is reached
     UNKNOWN_SPKI = "unknown_spki"  # 403: valid certificate, SPKI pinned to no identity
 
     # gate 2: scope
@@ -84,6 +85,7 @@ def _table() -> dict[Reason, tuple[Gate, int]]:
         r.TLS_HANDSHAKE_FAILED: (g.IDENTITY, 0),
         r.CLIENT_CERT_NOT_CLIENT_AUTH: (g.IDENTITY, 0),
         r.CLIENT_CERT_IS_CA: (g.IDENTITY, 0),
+        r.TOO_MANY_CONNECTIONS: (g.IDENTITY, 0),
         r.UNKNOWN_SPKI: (g.IDENTITY, 403),
         r.MISSING_TOKEN: (g.SCOPE, 401),
         r.MALFORMED_TOKEN: (g.SCOPE, 401),
@@ -135,5 +137,5 @@ def gate_of(reason: Reason) -> Gate:
 
 
 def status_of(reason: Reason) -> int:
-    """The HTTP status a refusal for this reason answers with (0: refused at the TLS level)."""
+    """The HTTP status a refusal for this reason answers with (0: refused at the TLS or connection level)."""
     return _GATE_AND_STATUS[reason][1]

@@ -6,7 +6,9 @@ own log, and `ztb audit verify` checks them all."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +23,7 @@ import pytest
 import yaml
 
 from redis_server import RedisServer, namespace
-from stack import UPSTREAM, Stack, free_port
+from stack import UPSTREAM, Stack
 from ztb.client import Caller, Response
 from ztb.deploy import sign_registry_with_dev_keys
 from ztb.runtime import RunningBroker
@@ -287,9 +289,24 @@ def test_workers_share_one_port_honour_a_token_once_and_keep_verifiable_logs(
     assert verify.stdout.rstrip().endswith("audit log intact")
 
 
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free, below the kernel's ephemeral range (32768-60999 here), so
+    outgoing connections of tests running alongside can never take p + 1 in the meantime."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as first, socket.socket() as second:
+            try:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports below the ephemeral range")
+
+
 def test_reload_reaches_every_worker_through_the_supervisor(stack_on: Stack, redis_url: str) -> None:
     stack = stack_on
-    admin_port = free_port()
+    admin_port = free_port_pair()
     configure(stack.root, token_store=redis_url, deployment=namespace(), workers="2")
     settings = yaml.safe_load((stack.root / "broker.yaml").read_text())
     settings["admin"]["port"] = admin_port  # worker n answers on admin port + n

@@ -92,6 +92,8 @@ class Limits(_Frozen):
     max_headers: Annotated[int, Field(ge=8, le=256)] = 64
     max_header_bytes: Annotated[int, Field(ge=1024, le=65536)] = 16384
     max_response_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 8 * 1024 * 1024
+    # Concurrent data-plane connections; past it a new connection is closed before TLS.
+    max_connections: Annotated[int, Field(ge=16, le=65536)] = 1024
 
 
 class BrokerConfig(_Frozen):

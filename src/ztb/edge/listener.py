@@ -4,8 +4,11 @@ It works from the raw request target and raw body bytes; it never routes on `Hos
 percent-decodes, never normalises a path and never lets a caller's framing reach an upstream.
 TLS is negotiated by the listener itself after accept, so a failed handshake (no certificate,
 untrusted certificate) is seen and audited as an `identity` entry, folded per source per second.
+The raw head bytes are kept until the head is complete and checked by `hygiene` before h11
+interprets them (the request line as soon as it is complete), so h11's leniencies never decide.
 Every limit of SPEC §2 is enforced here: header block size and count, header and body time,
-idle keep-alive. Anything it cannot parse is refused with an entry, never a 500.
+idle keep-alive, and a cap on concurrent connections. Anything it cannot parse is refused with
+an entry, never a 500.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import h11
 
 from ztb.broker import TOKEN_PATH, Broker, Reply
 from ztb.config.broker import Limits
+from ztb.edge import hygiene
 from ztb.edge.tls import client_cert_facts, handshake_reason
 from ztb.gates.base import BodyTimeout, BodyTooLarge, Peer
 from ztb.reasons import Reason
@@ -35,9 +39,11 @@ class _Closed(Exception):
 
 
 class _Refused(Exception):
-    def __init__(self, reason: Reason) -> None:
+    def __init__(self, reason: Reason, method: str | None = None, target: str | None = None) -> None:
         super().__init__(reason.value)
         self.reason = reason
+        self.method = method
+        self.target = target
 
 
 class _Fold:
@@ -159,6 +165,13 @@ class Listener:
         return int(self.server.sockets[0].getsockname()[1])
 
     def _spawn(self, raw: asyncio.Transport) -> None:
+        if len(self._tasks) >= self._limits.max_connections:
+            # Refused before TLS: a flood of connections must not starve the callers already in.
+            peername = raw.get_extra_info("peername")
+            raw.abort()
+            addr = str(peername[0]) if peername else "unknown"
+            self._fold.rejected(addr, Reason.TOO_MANY_CONNECTIONS, "connection cap reached")
+            return
         task = asyncio.get_running_loop().create_task(self._accept(raw))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -223,6 +236,7 @@ class Listener:
             log.exception("connection failed")
         finally:
             writer.close()
+            # Still counted (cap, drain) until closed: a peer that stalls the TLS close holds a slot.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
@@ -249,14 +263,11 @@ class Listener:
         except _Closed:
             return False
         except _Refused as refused:
-            await self._send_quietly(conn, self._broker.refuse_at_edge(peer, refused.reason, None, None))
+            reply = self._broker.refuse_at_edge(peer, refused.reason, refused.method, refused.target)
+            await self._send_quietly(conn, reply)
             return False
-        method = request.method.decode("ascii", "replace")
-        target = request.target.decode("latin-1")
-        problem = _framing_problem(request)
-        if problem is not None:
-            await self._send_quietly(conn, self._broker.refuse_at_edge(peer, problem, method, target))
-            return False
+        method = request.method.decode("ascii")
+        target = request.target.decode("ascii")
         headers = tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers)
         declared = _declared_length(headers)
         body = _Body(conn, declared, limits.body_timeout_s)
@@ -277,8 +288,9 @@ class Listener:
 
     async def _read_head(self, conn: _Connection) -> h11.Request:
         limits = self._limits
+        raw = bytearray(conn.h11.trailing_data[0])  # a pipelined request may already be here
         # Idle keep-alive: the first byte of the next request must come within idle_timeout_s...
-        if not conn.h11.trailing_data[0]:
+        if not raw:
             task = asyncio.current_task()
             assert task is not None
             if self._draining:
@@ -293,25 +305,42 @@ class Listener:
                 self._idle.pop(task, None)
             if not data:
                 raise _Closed
+            raw += data
             conn.h11.receive_data(data)
-        # ...and the whole head within header_timeout_s of it.
+        # ...and the whole head within header_timeout_s of it, checked on its raw bytes first.
+        known: hygiene.Verdict | None = None  # the request line, once it is complete and sound
+        end: int | None = None
         try:
             async with asyncio.timeout(limits.header_timeout_s):
-                event = await conn.next_event()
+                while True:
+                    line = hygiene.first_line(raw) if known is None else None
+                    if line is not None:
+                        known = hygiene.check_request_line(line)
+                        if known.problem is not None:
+                            raise _Refused(known.problem, known.method, known.target)
+                    end = hygiene.head_end(raw) if known is not None else None
+                    if end is not None or len(raw) > limits.max_header_bytes:
+                        break
+                    data = await conn.reader.read(READ_CHUNK)
+                    if not data:  # the peer gave up half-way through a head
+                        raise _Refused(Reason.MALFORMED_REQUEST, *_known(known))
+                    raw += data
+                    conn.h11.receive_data(data)
         except TimeoutError:
-            raise _Refused(Reason.HEADER_TIMEOUT) from None
-        except h11.RemoteProtocolError as exc:
-            if exc.error_status_hint == 431:
-                raise _Refused(Reason.HEADERS_TOO_LARGE) from None
-            raise _Refused(Reason.MALFORMED_REQUEST) from None
+            raise _Refused(Reason.HEADER_TIMEOUT, *_known(known)) from None
         except (ConnectionError, ssl.SSLError):
             raise _Closed from None
-        if isinstance(event, h11.ConnectionClosed):
-            raise _Closed
+        if end is None or end > limits.max_header_bytes:
+            raise _Refused(Reason.HEADERS_TOO_LARGE, *_known(known))
+        verdict = hygiene.check_head(bytes(raw[:end]), limits.max_headers)
+        if verdict.problem is not None:
+            raise _Refused(verdict.problem, verdict.method, verdict.target)
+        try:
+            event = conn.h11.next_event()
+        except h11.RemoteProtocolError:
+            raise _Refused(Reason.MALFORMED_REQUEST, verdict.method, verdict.target) from None
         if not isinstance(event, h11.Request):
-            raise _Refused(Reason.MALFORMED_REQUEST)
-        if len(event.headers) > limits.max_headers or _head_size(event) > limits.max_header_bytes:
-            raise _Refused(Reason.HEADERS_TOO_LARGE)
+            raise _Refused(Reason.MALFORMED_REQUEST, verdict.method, verdict.target)
         return event
 
     async def _send_quietly(self, conn: _Connection, reply: Reply, *, close: bool = True) -> None:
@@ -324,21 +353,8 @@ class Listener:
             conn.writer.close()
 
 
-def _head_size(request: h11.Request) -> int:
-    """The request head's size on the wire (at least): h11 caps only a head still incomplete
-    after a read, so a whole head that arrived in one read must be measured here."""
-    line = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n")
-    return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
-
-
-def _framing_problem(request: h11.Request) -> Reason | None:
-    """HTTP/1.1 only, no protocol switching."""
-    if request.http_version != b"1.1":
-        return Reason.MALFORMED_REQUEST
-    for name, _ in request.headers:
-        if name == b"upgrade":
-            return Reason.MALFORMED_REQUEST
-    return None
+def _known(line: hygiene.Verdict | None) -> tuple[str | None, str | None]:
+    return (None, None) if line is None else (line.method, line.target)
 
 
 def _declared_length(headers: tuple[tuple[str, str], ...]) -> int | None:

@@ -2,7 +2,9 @@
 
 Refused: invalid UTF-8 (overlong forms and encoded surrogates included), a byte-order mark,
 duplicate keys, NaN/Infinity, numbers that overflow a double or an integer beyond ±(2^53-1),
-escaped lone surrogates, and nesting deeper than 32 levels. Pure code.
+escaped lone surrogates, and nesting deeper than 32 levels. A number written with a fraction or
+an exponent stays a non-integer whatever its value (`1.0` never passes as a schema `integer`):
+the forwarded bytes still say `1.0`, and an upstream may read them as a float. Pure code.
 """
 
 from __future__ import annotations
@@ -34,8 +36,18 @@ def _constant(name: str) -> Any:
     raise JSONRefused(Reason.NON_FINITE_NUMBER)
 
 
+class WrittenFraction(float):
+    """A JSON number written with a fraction or exponent. JSON Schema (draft 6 on) counts 1.0 as an
+    integer via `float.is_integer`; the bytes forwarded are still `1.0`, so here it never is."""
+
+    __slots__ = ()
+
+    def is_integer(self) -> bool:
+        return False
+
+
 def _float(text: str) -> float:
-    value = float(text)
+    value = WrittenFraction(text)
     if not math.isfinite(value):
         raise JSONRefused(Reason.NUMBER_OUT_OF_RANGE)
     return value
