@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck bench bench-scale bench-verify bench-writer clean
+.PHONY: demo test test-pure-parser install lint typecheck bench bench-scale bench-verify bench-writer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 -q -p no:cacheprovider
+
+test-pure-parser: $(STAMP)
+	AIOHTTP_NO_EXTENSIONS=1 $(BIN)/pytest -n 2 -q -p no:cacheprovider tests/edge tests/sample
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench controls
