@@ -25,6 +25,7 @@ from faults import (
     fill,
     refused_unavailable,
     tmpfs,
+    unavailable,
     verify_deployment,
 )
 
@@ -229,7 +230,7 @@ def test_permissions_removed(stack: FaultStack) -> None:
         lock, unlock = ["chattr", "+i", str(segment)], ["chattr", "-i", str(segment)]
         done = subprocess.run(lock, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            pytest.skip(f"chattr +i is not supported on this filesystem: {done.stderr.strip()}")
+            unavailable(f"chattr +i is not supported on this filesystem: {done.stderr.strip()}")
     else:
         segment.chmod(0o440)
     try:
