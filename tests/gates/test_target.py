@@ -221,7 +221,11 @@ _TARGETS = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=600,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(method=_METHODS, target=_TARGETS)
 def test_lookup_never_raises_and_a_match_renders_a_canonical_path(
     registry: Registry, method: str, target: str
