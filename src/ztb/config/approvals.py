@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from ztb.config.broker import read_yaml_mapping
 from ztb.config.errors import ConfigError, from_validation
+from ztb.config.model import Frozen
 
 if TYPE_CHECKING:
     from ztb.audit.keys import SigningKey
@@ -34,14 +35,12 @@ _KID = re.compile(r"[0-9a-f]{16}")
 _SIG = re.compile(r"[0-9a-f]{128}")
 
 
-class _ApproverSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _ApproverSpec(Frozen):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$")]
     key: str  # a PEM or hex public key file (relative to the deployment), or 64 hex digits
 
 
-class _ApproversSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _ApproversSpec(Frozen):
     threshold: int
     approvers: Annotated[list[_ApproverSpec], Field(min_length=1)]
 

@@ -12,24 +12,21 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ztb.config.errors import ConfigError, from_validation
+from ztb.config.model import Frozen
 from ztb.oplog import LogLevel
 
 BROKER_FILE = "broker.yaml"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Listen(_Frozen):
+class Listen(Frozen):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)]
 
 
-class ServerTLS(_Frozen):
+class ServerTLS(Frozen):
     cert: Path
     key: Path
     client_ca: Path
@@ -37,12 +34,12 @@ class ServerTLS(_Frozen):
     min_version: Literal["1.3", "1.2"] = "1.3"
 
 
-class EgressTLS(_Frozen):
+class EgressTLS(Frozen):
     cert: Path
     key: Path
 
 
-class Audit(_Frozen):
+class Audit(Frozen):
     dir: Path = Path("audit")
     signing_key: Path = Path("keys/audit.key")
     durability_timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 1000
@@ -50,13 +47,13 @@ class Audit(_Frozen):
     segment_bytes: Annotated[int, Field(ge=16 * 1024, le=1024**3)] = 64 * 1024 * 1024
 
 
-class FileSink(_Frozen):
+class FileSink(Frozen):
     """`file:` anchor: every checkpoint is appended to this file (put it on another host or mount)."""
 
     file: Path
 
 
-class WitnessSink(_Frozen):
+class WitnessSink(Frozen):
     """`witness:` anchor: a C2SP tlog-witness at this https URL prefix, reached over mTLS with the
     broker's egress certificate; its server certificate must chain to `ca`, and its cosignatures
     must verify under the verifier key in the file `vkey`."""
@@ -75,7 +72,7 @@ class WitnessSink(_Frozen):
         return value.rstrip("/")
 
 
-class Anchor(_Frozen):
+class Anchor(Frozen):
     """Checkpoints of the log's Merkle tree, signed with their own key and sent to the sinks."""
 
     checkpoint_key: Path = Path("keys/checkpoint.key")
@@ -85,7 +82,7 @@ class Anchor(_Frozen):
     sinks: tuple[FileSink | WitnessSink, ...] = ()
 
 
-class Limits(_Frozen):
+class Limits(Frozen):
     header_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10
     body_timeout_s: Annotated[float, Field(gt=0, le=120)] = 30
     idle_timeout_s: Annotated[float, Field(gt=0, le=300)] = 75
@@ -96,7 +93,7 @@ class Limits(_Frozen):
     max_connections: Annotated[int, Field(ge=16, le=65536)] = 1024
 
 
-class BrokerConfig(_Frozen):
+class BrokerConfig(Frozen):
     broker_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
     listen: Listen

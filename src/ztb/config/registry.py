@@ -17,11 +17,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import fastjsonschema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from ztb.config.approvals import Approval, check_approvals
 from ztb.config.broker import read_yaml_mapping, yaml_mapping
 from ztb.config.errors import ConfigError, from_validation
+from ztb.config.model import Frozen
 from ztb.config.templates import ParamType, PathTemplate
 
 REGISTRY_FILE = "registry.yaml"
@@ -65,15 +66,11 @@ FORBIDDEN_HEADERS = frozenset(
 MAX_BODY_CAP = 8 * 1024 * 1024
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class _IdentitySpec(_Frozen):
+class _IdentitySpec(Frozen):
     spki: Annotated[list[Annotated[str, Field(pattern=PIN)]], Field(min_length=1)]
 
 
-class _UpstreamSpec(_Frozen):
+class _UpstreamSpec(Frozen):
     url: str
     ca: Path
     spki: Annotated[list[Annotated[str, Field(pattern=PIN)]], Field(min_length=1)]
@@ -81,12 +78,12 @@ class _UpstreamSpec(_Frozen):
     timeout_ms: Annotated[int, Field(ge=10, le=120_000)] = 10_000
 
 
-class QueryRule(_Frozen):
+class QueryRule(Frozen):
     type: ParamType
     required: bool = False
 
 
-class _RouteSpec(_Frozen):
+class _RouteSpec(Frozen):
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     upstream: str
     method: Method
@@ -99,7 +96,7 @@ class _RouteSpec(_Frozen):
     max_bytes: Annotated[int, Field(ge=0, le=MAX_BODY_CAP)] = 64 * 1024
 
 
-class _RegistrySpec(_Frozen):
+class _RegistrySpec(Frozen):
     identities: dict[Annotated[str, Field(pattern=IDENTITY_NAME)], _IdentitySpec]
     upstreams: dict[Annotated[str, Field(pattern=UPSTREAM_NAME)], _UpstreamSpec]
     routes: list[_RouteSpec]

@@ -16,13 +16,14 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from ztb import pki
 from ztb.audit.keys import SigningKey
 from ztb.audit.note import COSIGNATURE_V1, ED25519, NoteError, Verifier
-from ztb.config.broker import read_yaml_mapping
+from ztb.config.broker import Listen, read_yaml_mapping
 from ztb.config.errors import ConfigError, from_validation
+from ztb.config.model import Frozen
 
 __all__ = ["WITNESS_FILE", "WitnessConfig", "init_witness", "load_witness_config"]
 
@@ -30,22 +31,13 @@ WITNESS_FILE = "witness.yaml"
 _NAME = re.compile(r"^[^\s+]{1,200}$")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Listen(_Frozen):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)]
-
-
-class TLS(_Frozen):
+class TLS(Frozen):
     cert: Path
     key: Path
     client_ca: Path
 
 
-class WitnessConfig(_Frozen):
+class WitnessConfig(Frozen):
     name: Annotated[str, Field(pattern=_NAME.pattern)]
     listen: Listen
     tls: TLS
