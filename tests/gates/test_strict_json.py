@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ztb.gates.strict_json import MAX_DEPTH, JSONRefused, parse
+from ztb.gates.strict_json import _DECODER, MAX_DEPTH, JSONRefused, _check, parse
 from ztb.reasons import Reason
 
 
@@ -144,3 +146,39 @@ def test_very_deep_nesting_is_refused_without_crashing(data: bytes) -> None:
 
 def test_unterminated_deep_nesting_is_refused() -> None:
     assert refusal(b"[" * 100_000) is Reason.NESTING_TOO_DEEP
+
+
+# -- the walk is skipped only when it cannot refuse -----------------------------------------------
+
+_JSON_TEXT = st.recursive(
+    st.sampled_from([b"1", b"true", b"null", b'"x"', b'"\\ud800"', b'"\\u00e9"', b'"[{"', b"1.5"]),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(lambda items: b"[" + b",".join(items) + b"]"),
+        st.lists(inner, max_size=3).map(
+            lambda items: b"{" + b",".join(b'"k%d":%s' % (i, v) for i, v in enumerate(items)) + b"}"
+        ),
+    ),
+    max_leaves=60,
+)
+
+
+def _full_walk_verdict(data: bytes) -> Reason | None:
+    """What the walk decides when it always runs (the definition the shortcut must match)."""
+    try:
+        _check(_DECODER.decode(data.decode("utf-8")), 1)
+    except JSONRefused as refused:
+        return refused.reason
+    return None
+
+
+@given(_JSON_TEXT)
+def test_skipping_the_walk_never_changes_the_verdict(data: bytes) -> None:
+    walked = _full_walk_verdict(data)  # every generated text decodes; only the walk can refuse it
+    if walked is None:
+        parse(data)
+    else:
+        assert refusal(data) == walked
+
+
+def test_a_lone_surrogate_is_found_in_a_shallow_body() -> None:
+    assert refusal(b'{"a": "\\udc00"}') == Reason.LONE_SURROGATE
