@@ -11,7 +11,7 @@ and never touches a socket directly.
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import logging
 import secrets
 import time
@@ -45,10 +45,18 @@ TOKEN_PATH = "/.ztb/token"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode("ascii"))
+
+
 def new_ulid(now: float) -> str:
-    """A ULID: 48-bit millisecond time and 80 random bits, Crockford base32."""
+    """A ULID: 48-bit millisecond time and 80 random bits, Crockford base32.
+
+    The 128 bits are written as 26 base32 digits (130 bits, the top two zero): shifted left by
+    six into 17 bytes, the first 26 digits of RFC 4648 base32 are exactly those, then mapped
+    from RFC 4648's alphabet to Crockford's."""
     value = (int(now * 1000) << 80) | secrets.randbits(80)
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    digits = base64.b32encode((value << 6).to_bytes(17, "big"))[:26]
+    return digits.translate(_TO_CROCKFORD).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +156,7 @@ class Broker:
         if forward.content_type is not None:
             headers.append(("content-type", forward.content_type))
         outcome = await self.upstreams.send(upstream, call.method, forward.path, headers, forward.body)
-        self.metrics.upstream_seconds.labels(upstream.name).observe(outcome.elapsed_ms / 1000)
+        self.metrics.upstream_time(upstream.name).observe(outcome.elapsed_ms / 1000)
         if isinstance(outcome, UpstreamFailure):
             self._upstream_failed(upstream.name, outcome)
         result = self.audit.append("result", _result_fields(call.call_id, outcome))
@@ -156,7 +164,7 @@ class Broker:
         # then reports not-writable and new calls are refused until the log recovers).
         started = time.perf_counter()
         await self.audit.durable(result.seq, self._durability_s)
-        self.metrics.durability_seconds.labels("result").observe(time.perf_counter() - started)
+        self.metrics.durable_result.observe(time.perf_counter() - started)
         extra = [("ztb-call-id", call.call_id), ("ztb-receipt", receipt_header(call.entry))]
         if call.next_token is not None:
             extra.append(("ztb-next-token", call.next_token))
@@ -171,13 +179,13 @@ class Broker:
         route = call.lookup.route
         upstream = route.upstream if route is not None else ""
         if deny is None:
-            metrics.calls.labels("ALLOW", "", "", upstream).inc()
+            metrics.allowed(upstream).inc()
         else:
             metrics.calls.labels("DENY", deny.gate.value, deny.reason.value, upstream).inc()
         if call.decided is not None:
             metrics.gates_seconds.observe(call.decided - call.arrived)
         if call.durable_wait_s is not None:
-            metrics.durability_seconds.labels("call").observe(call.durable_wait_s)
+            metrics.durable_call.observe(call.durable_wait_s)
         token = call.token
         expired = deny is not None and deny.reason is Reason.TOKEN_EXPIRED
         if token is not None and (token.scope is not None or expired):
@@ -231,13 +239,12 @@ class Broker:
         token = new_token()
         digest = token_hash(token)
         record = TokenRecord(identity, upstream, scope, now + self._ttl, thumbprint)
-        try:
-            async with asyncio.timeout(1.0):
-                await self.store.put(digest, record)
-        except (StoreUnavailable, TimeoutError):
+        try:  # bounded by the store itself (TokenStore)
+            await self.store.put(digest, record)
+        except StoreUnavailable:
             self._store_failed("put")
             return None
-        self.metrics.tokens_minted.labels(how).inc()
+        (self.metrics.minted_rotation if how == "rotation" else self.metrics.tokens_minted.labels(how)).inc()
         return token, token_id(digest)
 
     # -- the token endpoint -------------------------------------------------------------------

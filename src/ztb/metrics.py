@@ -111,6 +111,26 @@ class Metrics:
         )
         self.ready = Gauge("ztb_ready", "Readiness checks (1 passing, 0 failing)", ["check"], registry=r)
         self._registry_sha: str | None = None
+        # Children of the hot path's labels, looked up once rather than on every call.
+        self.durable_call = self.durability_seconds.labels("call")
+        self.durable_result = self.durability_seconds.labels("result")
+        self.minted_rotation = self.tokens_minted.labels("rotation")
+        self._allowed: dict[str, Counter] = {}
+        self._upstream_time: dict[str, Histogram] = {}
+
+    def allowed(self, upstream: str) -> Counter:
+        """The ALLOW child of `ztb_calls` for `upstream` (a counter)."""
+        child = self._allowed.get(upstream)
+        if child is None:
+            child = self._allowed[upstream] = self.calls.labels("ALLOW", "", "", upstream)
+        return child
+
+    def upstream_time(self, upstream: str) -> Histogram:
+        """The `ztb_upstream_seconds` child of `upstream` (a histogram)."""
+        child = self._upstream_time.get(upstream)
+        if child is None:
+            child = self._upstream_time[upstream] = self.upstream_seconds.labels(upstream)
+        return child
 
     def registry_in_force(self, sha256: str) -> None:
         if self._registry_sha is not None and self._registry_sha != sha256:

@@ -8,11 +8,10 @@ fast, never hanging. The forwarding itself is the edge's job and happens only af
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
-from ztb.gates.base import AuditLog, Call, Deny
+from ztb.gates.base import AuditLog, Call, Deny, TokenFacts
 from ztb.gates.record import call_fields
 from ztb.reasons import Gate, Reason
 
@@ -33,7 +32,8 @@ class EgressGate:
         rotated = await self._rotate(call)
         if rotated is not None and call.token is not None:
             call.next_token = rotated[0]
-            call.token = dataclasses.replace(call.token, next_id=rotated[1])
+            token = call.token
+            call.token = TokenFacts(token.id, token.scope, token.exp_in_s, rotated[1])
         writable = self._audit.writable
         call.entry = self._audit.append("call", call_fields(call, None))
         if not writable:

@@ -40,6 +40,9 @@ class StoreUnavailable(Exception):
 
 
 class TokenStore(Protocol):
+    """Every operation is bounded by the store itself: it answers, or raises StoreUnavailable
+    within its own deadline (the Redis store's is 1 s), so callers add no timeout of their own."""
+
     async def put(self, digest: bytes, record: TokenRecord) -> None:
         """Remember a freshly minted token until record.expires_at."""
 
