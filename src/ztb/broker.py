@@ -97,6 +97,7 @@ class Broker:
         self.audit = audit
         self.upstreams = upstreams
         self.in_flight = 0  # data-plane calls being handled now
+        metrics.in_flight.set_function(lambda: self.in_flight)  # read when scraped
         self._ttl = config.token_ttl_s
         self._durability_s = config.audit.durability_timeout_ms / 1000
         self.pipeline = Pipeline(
@@ -130,12 +131,10 @@ class Broker:
 
     async def handle(self, call: Call) -> Reply:
         self.in_flight += 1
-        self.metrics.in_flight.inc()
         try:
             return await self._handle(call)
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
 
     async def _handle(self, call: Call) -> Reply:
         deny = await self.pipeline.run(call)

@@ -262,7 +262,8 @@ class AuditWriter:
             if not self._pending:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), IDLE_CHECK_S)
+                    async with asyncio.timeout(IDLE_CHECK_S):  # no task per wait, unlike wait_for
+                        await self._wake.wait()
                 if not self._pending:
                     batch: list[tuple[int, bytes, str]] = []
                     work: Callable[[], float | None] = self._check_segment
