@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="ztb-bench-"))
     root = scratch / "deployment"
-    broker_port, ref_port, upstream_port = free_port(), free_port(), free_port()
+    broker_port, ref_port, upstream_port, nginx_port = free_port(), free_port(), free_port(), free_port()
     init_deployment(root, broker_port=broker_port, admin_port=free_port(), upstream_port=upstream_port)
     python = sys.executable
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -193,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             [python, "-m", "bench.reference_proxy", str(root), str(ref_port)], **quiet
         ),
     }
+    nginx = shutil.which("nginx")
+    if nginx is not None:  # for context only: the targets compare the broker with the reference
+        procs["nginx"] = subprocess.Popen(
+            [python, "-m", "bench.nginx_proxy", str(root), str(nginx_port)], **quiet
+        )
     try:
         wait_listening(upstream_port, procs["upstream"])
         wait_listening(broker_port, procs["broker"])
@@ -202,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             "broker": (procs["broker"].pid, broker_port, True),
             "reference": (procs["reference"].pid, ref_port, False),
         }
+        if "nginx" in procs:
+            wait_listening(nginx_port, procs["nginx"])
+            systems["nginx"] = (procs["nginx"].pid, nginx_port, False)
         for name, (pid, port, gated) in systems.items():  # warm-up: pools, caches, JIT-less but still
             measure(name, pid, port, ctx, gated, 4, 1.0)
         runs: list[Run] = []
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         verify = subprocess.run(
             [python, "-m", "ztb", "audit", "verify", str(root)], check=False, capture_output=True, text=True
         )
-        summary = report(runs, args.concurrency)
+        summary = report(runs, args.concurrency, list(systems))
         result = {
             "runs": [asdict(r) for r in runs],
             "summary": summary,
@@ -232,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 "allow_entries": allowed,
                 "broker_calls_measured": broker_calls,
             },
-            "nginx": "not installed"
-            if shutil.which("nginx") is None
-            else "installed but not configured by this harness",
+            "nginx": "not installed" if nginx is None else f"measured ({nginx})",
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,14 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def report(runs: list[Run], concurrencies: list[int]) -> dict[str, dict[str, float]]:
+def report(runs: list[Run], concurrencies: list[int], systems: list[str]) -> dict[str, dict[str, float]]:
     print("\n| concurrency | system | req/s | p50 ms | p99 ms | CPU us/call |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     summary: dict[str, dict[str, float]] = {}
     for concurrency in concurrencies:
         rows = {
             name: median_row([r for r in runs if r.system == name and r.concurrency == concurrency])
-            for name in ("broker", "reference")
+            for name in systems
         }
         for name, row in rows.items():
             print(
@@ -282,12 +288,25 @@ def report(runs: list[Run], concurrencies: list[int]) -> dict[str, dict[str, flo
             f"{ratio['p99_ms']:.2f}x | {ratio['cpu_us_per_call']:.2f}x |"
         )
         summary[f"c{concurrency}"] = {
-            **{f"broker_{k}": v for k, v in rows["broker"].items()},
-            **{f"reference_{k}": v for k, v in rows["reference"].items()},
+            **{f"{name}_{k}": v for name, row in rows.items() for k, v in row.items()},
             **{f"ratio_{k}": round(v, 3) for k, v in ratio.items()},
             "added_p50_ms": round(rows["broker"]["p50_ms"] - rows["reference"]["p50_ms"], 3),
         }
+    print("\nTargets (issue 5), medians over the pairs:")
+    for concurrency in concurrencies:
+        row = summary[f"c{concurrency}"]
+        cpu = row["ratio_cpu_us_per_call"]
+        print(
+            f"  c={concurrency}: CPU per call {cpu:.2f}x the reference (target <= 1.5x): {_verdict(cpu <= 1.5)}"
+        )
+    if 1 in concurrencies:
+        added = summary["c1"]["added_p50_ms"]
+        print(f"  c=1: added p50 {added:+.3f} ms (target <= +0.5 ms): {_verdict(added <= 0.5)}")
     return summary
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 if __name__ == "__main__":
