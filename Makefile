@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
-	$(BIN)/mypy --strict controls
+	$(BIN)/mypy --strict controls bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -150,6 +150,10 @@ def measure(
     )
 
 
+def spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     import socket
 
@@ -185,19 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     broker_port, ref_port, upstream_port, nginx_port = free_port(), free_port(), free_port(), free_port()
     init_deployment(root, broker_port=broker_port, admin_port=free_port(), upstream_port=upstream_port)
     python = sys.executable
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     procs = {
-        "upstream": subprocess.Popen([python, "-m", "ztb.sample.upstream", str(root)], **quiet),
-        "broker": subprocess.Popen([python, "-m", "ztb", "serve", str(root)], **quiet),
-        "reference": subprocess.Popen(
-            [python, "-m", "bench.reference_proxy", str(root), str(ref_port)], **quiet
-        ),
+        "upstream": spawn([python, "-m", "ztb.sample.upstream", str(root)]),
+        "broker": spawn([python, "-m", "ztb", "serve", str(root)]),
+        "reference": spawn([python, "-m", "bench.reference_proxy", str(root), str(ref_port)]),
     }
     nginx = shutil.which("nginx")
     if nginx is not None:  # for context only: the targets compare the broker with the reference
-        procs["nginx"] = subprocess.Popen(
-            [python, "-m", "bench.nginx_proxy", str(root), str(nginx_port)], **quiet
-        )
+        procs["nginx"] = spawn([python, "-m", "bench.nginx_proxy", str(root), str(nginx_port)])
     try:
         wait_listening(upstream_port, procs["upstream"])
         wait_listening(broker_port, procs["broker"])
