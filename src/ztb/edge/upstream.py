@@ -25,7 +25,7 @@ import re
 import ssl
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -35,10 +35,9 @@ from ztb.config.registry import Upstream
 from ztb.edge.tls import MinVersion, egress_context, upstream_cert_facts
 from ztb.reasons import Reason
 
-READ_CHUNK = 65536
 MAX_IDLE_PER_UPSTREAM = 64
 IDLE_TTL_S = 30.0
-MAX_RESPONSE_HEADER_BYTES = 64 * 1024  # every byte received before the final response's head ends
+MAX_RESPONSE_HEADER_BYTES = 64 * 1024  # response heads, 1xx ones included
 
 # What the broker writes is its own (validated method, canonical path, allowlisted headers): a
 # CR, LF or NUL in any of it is a bug upstream of here, refused rather than written.
@@ -63,22 +62,85 @@ class UpstreamFailure:
     detail: str = ""
 
 
-@dataclass(slots=True)
-class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    idle_since: float = field(default_factory=time.monotonic)
+class _Conn(asyncio.Protocol):
+    """One connection to an upstream. Its bytes go straight to the current exchange's parser;
+    a byte that arrives when no exchange is waiting for it (after a response, or while idle)
+    spends the connection, as do end of file and a lost connection."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.idle_since = time.monotonic()
+        self.spent = False
+        self._response: _Response | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def usable(self) -> bool:
         return (
-            not self.reader.at_eof()
-            and not self.writer.is_closing()
+            not self.spent
+            and self.transport is not None
+            and not self.transport.is_closing()
             and time.monotonic() - self.idle_since < IDLE_TTL_S
         )
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        self.spent = True
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
+
+    async def exchange(self, request: bytes, response: _Response) -> None:
+        """Write the request and wait (the caller bounds the wait) until its response is complete."""
+        assert self.transport is not None
+        waiter = asyncio.get_running_loop().create_future()
+        self._response, self._waiter = response, waiter
+        try:
+            self.transport.write(request)
+            await waiter
+        finally:
+            self._waiter = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        response = self._response
+        if response is None or response.done or self._waiter is None:
+            if response is not None:
+                response.leftover = True
+            self.close()
+            return
+        self._feed(response, data)
+
+    def eof_received(self) -> bool:
+        self.spent = True
+        if self._response is not None and self._waiter is not None:
+            self._feed(self._response, b"")
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.spent = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if exc is None and self._response is not None:
+                self._feed(self._response, b"")
+            else:
+                waiter.set_exception(_Failed(Reason.UPSTREAM_UNREACHABLE, str(exc or "connection lost")))
+
+    def _feed(self, response: _Response, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        try:
+            response.feed(data)
+        except _Failed as failed:
+            self.close()
+            waiter.set_exception(failed)
+            return
+        if response.done:
+            waiter.set_result(None)
 
 
 class _Failed(Exception):
@@ -110,6 +172,7 @@ class _Response:
         "_cl",
         "_head_bytes",
         "_head_only",
+        "_header_bytes",
         "_http11",
         "_max_body",
         "_parser",
@@ -129,7 +192,8 @@ class _Response:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
         self._max_body = max_body
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes fed while the final head was incomplete
+        self._header_bytes = 0  # bytes of the header lines parsed, 1xx heads included
         self._size = 0
         self._te: str | None = None
         self._cl = False
@@ -175,6 +239,9 @@ class _Response:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.status:
             return  # a trailer of a chunked body: not relayed
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_RESPONSE_HEADER_BYTES:
+            self._fail(Reason.UPSTREAM_BAD_RESPONSE, "response head too large")
         lower = name.decode("latin-1").lower()
         text = value.rstrip(b" \t").decode("latin-1")
         if lower == "transfer-encoding":
@@ -282,7 +349,7 @@ class UpstreamPool:
             return UpstreamFailure(failed.reason, forwarded, elapsed(), failed.detail)
         except TimeoutError:
             return UpstreamFailure(Reason.UPSTREAM_TIMEOUT, forwarded, elapsed())
-        if response.keep_alive and not response.leftover:
+        if response.keep_alive and not response.leftover and not conn.spent:
             self._release(upstream, conn)
         else:
             conn.close()
@@ -311,8 +378,8 @@ class UpstreamPool:
         ctx = self._context(upstream.ca)
         try:
             async with asyncio.timeout(upstream.connect_timeout_s):
-                reader, writer = await asyncio.open_connection(
-                    upstream.host, upstream.port, ssl=ctx, server_hostname=upstream.host
+                transport, conn = await asyncio.get_running_loop().create_connection(
+                    _Conn, upstream.host, upstream.port, ssl=ctx, server_hostname=upstream.host
                 )
         except TimeoutError:
             raise _Failed(Reason.UPSTREAM_TIMEOUT, "connect timed out") from None
@@ -321,21 +388,18 @@ class UpstreamPool:
         except OSError as exc:
             raise _Failed(Reason.UPSTREAM_UNREACHABLE, str(exc)) from None
         self.connections_opened += 1
-        ssl_object = writer.get_extra_info("ssl_object")
+        ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         facts = upstream_cert_facts(der) if der else None
         if facts is None or facts.problem is not None or facts.spki not in upstream.pins:
-            writer.close()
+            conn.close()
             raise _Failed(Reason.UPSTREAM_PIN_MISMATCH, "certificate not pinned for this upstream")
-        return _Conn(reader, writer)
+        return conn
 
     async def _exchange(self, conn: _Conn, request: bytes, head_only: bool) -> _Response:
         response = _Response(head_only, self._max_response)
         try:
-            conn.writer.write(request)
-            await conn.writer.drain()
-            while not response.done:
-                response.feed(await conn.reader.read(READ_CHUNK))
+            await conn.exchange(request, response)
         except (OSError, ssl.SSLError) as exc:
             conn.close()
             raise _Failed(Reason.UPSTREAM_UNREACHABLE, str(exc)) from None
