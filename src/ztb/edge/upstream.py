@@ -90,7 +90,8 @@ class _Conn(asyncio.Protocol):
 
     async def exchange(self, request: bytes, response: _Response) -> None:
         """Write the request and wait (the caller bounds the wait) until its response is complete."""
-        assert self.transport is not None
+        if self.spent or self.transport is None or self.transport.is_closing():
+            raise _Failed(Reason.UPSTREAM_BAD_RESPONSE, "connection closed before the request")
         waiter = asyncio.get_running_loop().create_future()
         self._response, self._waiter = response, waiter
         try:
