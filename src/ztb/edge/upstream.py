@@ -4,9 +4,16 @@ Addresses come only from the registry's `Upstream` objects. Every new connection
 is checked against the upstream's SPKI pins (and must carry serverAuth) before it carries a
 request; idle connections are pooled per upstream as registered (address, CA and pins), so
 a reloaded registry that changes an upstream never reuses a connection checked under the old
-entry. The broker writes its own framing (h11), never follows a
-redirect, never retries a request that may have been sent, caps the response body and bounds
-every wait. It knows nothing of tokens or gates.
+entry. The broker writes its own request bytes (request line, headers, body: nothing of the
+caller's framing) and parses the response with llhttp (httptools, strict mode). It never
+follows a redirect, never retries a request that may have been sent, caps the response head
+and body and bounds every wait. It knows nothing of tokens or gates.
+
+A connection returns to the pool only when its exchange ended cleanly: the whole response was
+read, it is HTTP/1.1 keep-alive, and not one byte arrived after it. llhttp cannot be told that
+a response answers a HEAD request (httptools does not expose llhttp's skip-body return), so a
+HEAD exchange ends at the final response's head; body bytes the parser then reports mark the
+connection spent.
 """
 
 from __future__ import annotations
@@ -14,22 +21,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import ssl
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-import h11
+import httptools
 
 from ztb.config.registry import Upstream
 from ztb.edge.tls import MinVersion, egress_context, upstream_cert_facts
 from ztb.reasons import Reason
 
-READ_CHUNK = 65536
 MAX_IDLE_PER_UPSTREAM = 64
 IDLE_TTL_S = 30.0
-MAX_RESPONSE_HEADER_BYTES = 64 * 1024
+MAX_RESPONSE_HEADER_BYTES = 64 * 1024  # response heads, 1xx ones included
+
+# What the broker writes is its own (validated method, canonical path, allowlisted headers): a
+# CR, LF or NUL in any of it is a bug upstream of here, refused rather than written.
+_UNSAFE = re.compile(r"[\r\n\x00]")
+_NO_BODY_STATUS = (204, 304)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,23 +62,86 @@ class UpstreamFailure:
     detail: str = ""
 
 
-@dataclass(slots=True)
-class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    h11: h11.Connection
-    idle_since: float = field(default_factory=time.monotonic)
+class _Conn(asyncio.Protocol):
+    """One connection to an upstream. Its bytes go straight to the current exchange's parser;
+    a byte that arrives when no exchange is waiting for it (after a response, or while idle)
+    spends the connection, as do end of file and a lost connection."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.idle_since = time.monotonic()
+        self.spent = False
+        self._response: _Response | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def usable(self) -> bool:
         return (
-            not self.reader.at_eof()
-            and not self.writer.is_closing()
+            not self.spent
+            and self.transport is not None
+            and not self.transport.is_closing()
             and time.monotonic() - self.idle_since < IDLE_TTL_S
         )
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        self.spent = True
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
+
+    async def exchange(self, request: bytes, response: _Response) -> None:
+        """Write the request and wait (the caller bounds the wait) until its response is complete."""
+        if self.spent or self.transport is None or self.transport.is_closing():
+            raise _Failed(Reason.UPSTREAM_BAD_RESPONSE, "connection closed before the request")
+        waiter = asyncio.get_running_loop().create_future()
+        self._response, self._waiter = response, waiter
+        try:
+            self.transport.write(request)
+            await waiter
+        finally:
+            self._waiter = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        response = self._response
+        if response is None or response.done or self._waiter is None:
+            if response is not None:
+                response.leftover = True
+            self.close()
+            return
+        self._feed(response, data)
+
+    def eof_received(self) -> bool:
+        self.spent = True
+        if self._response is not None and self._waiter is not None:
+            self._feed(self._response, b"")
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.spent = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if exc is None and self._response is not None:
+                self._feed(self._response, b"")
+            else:
+                waiter.set_exception(_Failed(Reason.UPSTREAM_UNREACHABLE, str(exc or "connection lost")))
+
+    def _feed(self, response: _Response, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        try:
+            response.feed(data)
+        except _Failed as failed:
+            self.close()
+            waiter.set_exception(failed)
+            return
+        if response.done:
+            waiter.set_result(None)
 
 
 class _Failed(Exception):
@@ -73,6 +149,145 @@ class _Failed(Exception):
         super().__init__(detail or reason.value)
         self.reason = reason
         self.detail = detail
+
+
+def request_bytes(method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """The request as written to the upstream; ValueError if any part could break its framing."""
+    lines = [f"{method} {path} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if _UNSAFE.search("".join(lines)) or " " in method or " " in path or not path:
+        raise ValueError("refusing to write a request line or header holding CR, LF, NUL or a space")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1") + body
+
+
+class _Response:
+    """One exchange's response, as llhttp reports it through httptools' callbacks.
+
+    Fed every byte read until `done`; raises `_Failed` on a framing error, an oversize head or
+    body, or a connection closed before the response ended. 1xx responses are skipped, trailers
+    of a chunked body dropped, header names lowercased and values stripped of trailing blanks.
+    """
+
+    __slots__ = (
+        "_cl",
+        "_head_bytes",
+        "_head_only",
+        "_header_bytes",
+        "_http11",
+        "_max_body",
+        "_parser",
+        "_size",
+        "_te",
+        "_until_eof",
+        "chunks",
+        "done",
+        "failure",
+        "headers",
+        "keep_alive",
+        "leftover",
+        "status",
+    )
+
+    def __init__(self, head_only: bool, max_body: int) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_only = head_only
+        self._max_body = max_body
+        self._head_bytes = 0  # bytes fed while the final head was incomplete
+        self._header_bytes = 0  # bytes of the header lines parsed, 1xx heads included
+        self._size = 0
+        self._te: str | None = None
+        self._cl = False
+        self._http11 = False
+        self._until_eof = False
+        self.status = 0  # the final (non-1xx) status, once its head is complete
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+        self.done = False
+        self.keep_alive = False  # llhttp's verdict, taken at completion (it resets after)
+        self.leftover = False  # a byte arrived after the response
+        self.failure: _Failed | None = None
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            if self._until_eof:  # a body framed by the end of the connection
+                self.done = True
+                return
+            raise _Failed(Reason.UPSTREAM_BAD_RESPONSE, "connection closed mid-response")
+        if not self.status:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.failure is not None:
+                raise self.failure from None
+            if not self.done:
+                raise _Failed(Reason.UPSTREAM_BAD_RESPONSE, str(exc) or type(exc).__name__) from None
+            self.leftover = True  # garbage after a complete response
+        if not self.status and self._head_bytes > MAX_RESPONSE_HEADER_BYTES:
+            raise _Failed(Reason.UPSTREAM_BAD_RESPONSE, "response head too large")
+
+    def _fail(self, reason: Reason, detail: str = "") -> NoReturn:
+        self.failure = _Failed(reason, detail)
+        raise self.failure
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.leftover = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:
+            return  # a trailer of a chunked body: not relayed
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_RESPONSE_HEADER_BYTES:
+            self._fail(Reason.UPSTREAM_BAD_RESPONSE, "response head too large")
+        lower = name.decode("latin-1").lower()
+        text = value.rstrip(b" \t").decode("latin-1")
+        if lower == "transfer-encoding":
+            self._te = text if self._te is None else f"{self._te}, {text}"
+        elif lower == "content-length":
+            self._cl = True
+        self.headers.append((lower, text))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if status == 101:
+            self._fail(Reason.UPSTREAM_BAD_RESPONSE, "protocol switch not requested")
+        if status < 200:  # informational: skipped, the final response follows
+            self.headers = []
+            self._te = None
+            self._cl = False
+            return
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._fail(Reason.UPSTREAM_BAD_RESPONSE, f"HTTP/{version} response")
+        if self._te is not None and self._te.lower() != "chunked":
+            self._fail(Reason.UPSTREAM_BAD_RESPONSE, "unsupported Transfer-Encoding")
+        self.status = status
+        self._http11 = version == "1.1"
+        if self._head_only:  # a response to HEAD has no body, whatever its headers say
+            self.done = True
+            self.keep_alive = self._http11 and parser.should_keep_alive()
+        else:
+            self._until_eof = self._te is None and not self._cl and status not in _NO_BODY_STATUS
+
+    def on_body(self, body: bytes) -> None:
+        if self.done:
+            self.leftover = True
+            return
+        self._size += len(body)
+        if self._size > self._max_body:
+            self._fail(Reason.UPSTREAM_RESPONSE_TOO_LARGE)
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.status or self.done:
+            return  # a 1xx response ended, or a HEAD response already did at its head
+        self.done = True
+        self.keep_alive = self._http11 and self._parser.should_keep_alive()
 
 
 class UpstreamPool:
@@ -119,25 +334,29 @@ class UpstreamPool:
         def elapsed() -> int:
             return int((time.perf_counter() - started) * 1000)
 
+        request_headers = [("host", upstream.authority), *headers]
+        if body or method in ("POST", "PUT", "PATCH"):
+            request_headers.append(("content-length", str(len(body))))
+        try:
+            request = request_bytes(method, path, request_headers, body)
+        except ValueError as exc:  # a bug: nothing is sent
+            return UpstreamFailure(Reason.UPSTREAM_BAD_RESPONSE, False, elapsed(), str(exc))
         try:
             async with asyncio.timeout(upstream.timeout_s):
                 conn = await self._acquire(upstream)
-                request_headers = [("host", upstream.authority), *headers]
-                if body or method in ("POST", "PUT", "PATCH"):
-                    request_headers.append(("content-length", str(len(body))))
                 forwarded = True
-                response = await self._exchange(conn, method, path, request_headers, body)
+                response = await self._exchange(conn, request, method == "HEAD")
         except _Failed as failed:
             return UpstreamFailure(failed.reason, forwarded, elapsed(), failed.detail)
         except TimeoutError:
             return UpstreamFailure(Reason.UPSTREAM_TIMEOUT, forwarded, elapsed())
-        status, response_headers, response_body, reusable = response
-        if reusable:
+        if response.keep_alive and not response.leftover and not conn.spent:
             self._release(upstream, conn)
         else:
             conn.close()
+        response_body = b"".join(response.chunks)
         digest = "sha256:" + hashlib.sha256(response_body).hexdigest()
-        return UpstreamResponse(status, response_headers, response_body, digest, elapsed())
+        return UpstreamResponse(response.status, tuple(response.headers), response_body, digest, elapsed())
 
     async def _acquire(self, upstream: Upstream) -> _Conn:
         idle = self._idle.get(upstream)
@@ -149,7 +368,6 @@ class UpstreamPool:
         return await self._connect(upstream)
 
     def _release(self, upstream: Upstream, conn: _Conn) -> None:
-        conn.h11.start_next_cycle()
         conn.idle_since = time.monotonic()
         idle = self._idle.setdefault(upstream, [])
         if len(idle) < MAX_IDLE_PER_UPSTREAM:
@@ -161,8 +379,8 @@ class UpstreamPool:
         ctx = self._context(upstream.ca)
         try:
             async with asyncio.timeout(upstream.connect_timeout_s):
-                reader, writer = await asyncio.open_connection(
-                    upstream.host, upstream.port, ssl=ctx, server_hostname=upstream.host
+                transport, conn = await asyncio.get_running_loop().create_connection(
+                    _Conn, upstream.host, upstream.port, ssl=ctx, server_hostname=upstream.host
                 )
         except TimeoutError:
             raise _Failed(Reason.UPSTREAM_TIMEOUT, "connect timed out") from None
@@ -171,60 +389,22 @@ class UpstreamPool:
         except OSError as exc:
             raise _Failed(Reason.UPSTREAM_UNREACHABLE, str(exc)) from None
         self.connections_opened += 1
-        ssl_object = writer.get_extra_info("ssl_object")
+        ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         facts = upstream_cert_facts(der) if der else None
         if facts is None or facts.problem is not None or facts.spki not in upstream.pins:
-            writer.close()
-            raise _Failed(Reason.UPSTREAM_PIN_MISMATCH, "certificate not pinned for this upstream")
-        return _Conn(
-            reader, writer, h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEADER_BYTES)
-        )
-
-    async def _exchange(
-        self, conn: _Conn, method: str, path: str, headers: list[tuple[str, str]], body: bytes
-    ) -> tuple[int, tuple[tuple[str, str], ...], bytes, bool]:
-        try:
-            data = conn.h11.send(h11.Request(method=method, target=path, headers=headers))
-            if body:
-                data += conn.h11.send(h11.Data(data=body))
-            data += conn.h11.send(h11.EndOfMessage())
-            conn.writer.write(data)
-            await conn.writer.drain()
-            status = 0
-            response_headers: tuple[tuple[str, str], ...] = ()
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                event = conn.h11.next_event()
-                if event is h11.NEED_DATA:
-                    conn.h11.receive_data(await conn.reader.read(READ_CHUNK))
-                    continue
-                if isinstance(event, h11.InformationalResponse):
-                    continue
-                if isinstance(event, h11.Response):
-                    status = event.status_code
-                    response_headers = tuple(
-                        (name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers
-                    )
-                elif isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > self._max_response:
-                        conn.close()
-                        raise _Failed(Reason.UPSTREAM_RESPONSE_TOO_LARGE)
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    reusable = conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE
-                    return status, response_headers, b"".join(chunks), reusable
-                else:  # ConnectionClosed or PAUSED before the response ended
-                    conn.close()
-                    raise _Failed(Reason.UPSTREAM_BAD_RESPONSE, "connection closed mid-response")
-        except (h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
             conn.close()
-            raise _Failed(Reason.UPSTREAM_BAD_RESPONSE, str(exc)) from None
+            raise _Failed(Reason.UPSTREAM_PIN_MISMATCH, "certificate not pinned for this upstream")
+        return conn
+
+    async def _exchange(self, conn: _Conn, request: bytes, head_only: bool) -> _Response:
+        response = _Response(head_only, self._max_response)
+        try:
+            await conn.exchange(request, response)
         except (OSError, ssl.SSLError) as exc:
             conn.close()
             raise _Failed(Reason.UPSTREAM_UNREACHABLE, str(exc)) from None
         except BaseException:
             conn.close()
             raise
+        return response
