@@ -54,6 +54,9 @@ _REPLY_FIELDS = re.compile(
     r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: (?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?\r\n)*"
 )
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# What llhttp raises; an upgrade (CONNECT, or `Upgrade`, which hygiene refuses) is not an
+# HttpParserError, and is refused all the same.
+PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
 class _Closed(Exception):
@@ -76,7 +79,7 @@ class Message:
     """One request as llhttp frames it, sans I/O: the head (already judged by `hygiene`) when it
     is made, then body bytes as they arrive (`feed`). Nothing past the end of this request is
     ever given to llhttp, so the bytes after it can be judged as the next request's head.
-    Raises `httptools.HttpParserError` for anything llhttp refuses."""
+    Raises one of `PARSER_ERRORS` for anything llhttp refuses."""
 
     def __init__(self, head: bytes, line_length: int) -> None:
         """`head` is a whole request head; its first `line_length` bytes are the request line."""
@@ -214,7 +217,7 @@ class _Body:
                         raise BodyTimeout  # the connection ended mid-body
         except TimeoutError:
             raise BodyTimeout from None
-        except (httptools.HttpParserError, ConnectionError, ssl.SSLError):
+        except (*PARSER_ERRORS, ConnectionError, ssl.SSLError):
             raise BodyTimeout from None
 
 
@@ -427,7 +430,7 @@ class Listener:
         method, target, _ = head[: line_length - 2].decode("ascii").split(" ")
         try:
             return Message(head, line_length), method, target
-        except httptools.HttpParserError:
+        except PARSER_ERRORS:
             raise _Refused(Reason.MALFORMED_REQUEST, verdict.method, verdict.target) from None
 
     async def _send_quietly(
