@@ -75,10 +75,27 @@ class _Overrun(Exception):
     """llhttp began a second message: the feeding rule of `Message.feed` was broken."""
 
 
+class _Scout:
+    """llhttp's callbacks for a second parser that runs ahead on a chunked body: it only says
+    whether (and stops where) the request ends, and copies nothing."""
+
+    def __init__(self) -> None:
+        self.begun = False
+        self.complete = False
+
+    def on_message_begin(self) -> None:
+        if self.begun:
+            raise _Overrun  # stops it at once: it is never asked anything past the end
+        self.begun = True
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
 class Message:
     """One request as llhttp frames it, sans I/O: the head (already judged by `hygiene`) when it
     is made, then body bytes as they arrive (`feed`). Nothing past the end of this request is
-    ever given to llhttp, so the bytes after it can be judged as the next request's head.
+    ever given to its parser, so the bytes after it can be judged as the next request's head.
     Raises one of `PARSER_ERRORS` for anything llhttp refuses."""
 
     def __init__(self, head: bytes, line_length: int) -> None:
@@ -89,9 +106,7 @@ class Message:
         self.complete = False
         self._begun = False
         self._in_head = True
-        self._parser = httptools.HttpRequestParser(self)
-        self._parser.feed_data(_STAND_IN)
-        self._parser.feed_data(memoryview(head)[line_length:])
+        self._parser = self._start(self, head, line_length)
         if self._in_head:
             raise httptools.HttpParserError("the head did not end where hygiene saw it end")
         self.declared: int | None = 0  # Content-Length, 0 without a body, None when chunked
@@ -106,23 +121,48 @@ class Message:
                 self.close = self.close or b"close" in _tokens(value)
             elif name == b"expect":
                 self.expects_continue = self.expects_continue or b"100-continue" in _tokens(value)
+        self._scout = _Scout()
+        self._scouting = self._start(self._scout, head, line_length) if self.declared is None else None
+
+    @staticmethod
+    def _start(protocol: object, head: bytes, line_length: int) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(protocol)
+        parser.feed_data(_STAND_IN)
+        parser.feed_data(memoryview(head)[line_length:])
+        return parser
 
     def feed(self, data: bytes) -> bytes:
         """Give llhttp the part of `data` that belongs to this request's body; return the rest
-        (the start of the next request, or b""). A Content-Length body is fed to its last byte;
-        a chunked one can only end right after a LF, so it is fed up to each LF in turn."""
+        (the start of the next request, or b""). A Content-Length body is fed to its last byte.
+        A chunked body is fed whole while the scout, fed the same bytes first, sees it go on;
+        where it ends, it is fed up to each LF in turn (it can only end right after one)."""
+        if self.complete:
+            return data
         view = memoryview(data)
+        if self.declared is not None:
+            end = min(len(data), self.declared - self.size)
+            self._parser.feed_data(view[:end])
+            if self.size == self.declared and not self.complete:
+                raise httptools.HttpParserError("the body did not end at its Content-Length")
+            return data[end:]
+        if not self._ends_in(view):
+            self._parser.feed_data(view)
+            return b""
         pos = 0
         while pos < len(data) and not self.complete:
-            if self.declared is None:
-                end = data.find(b"\n", pos) + 1 or len(data)
-            else:
-                end = pos + min(len(data) - pos, self.declared - self.size)
-                if end == pos:  # all of Content-Length given and no end: never loop on it
-                    raise httptools.HttpParserError("the body did not end at its Content-Length")
+            end = data.find(b"\n", pos) + 1 or len(data)
             self._parser.feed_data(view[pos:end])
             pos = end
         return data[pos:]
+
+    def _ends_in(self, view: memoryview) -> bool:
+        """Whether the chunked body ends (or breaks) within `view`, by the scout."""
+        assert self._scouting is not None
+        try:
+            self._scouting.feed_data(view)
+        except PARSER_ERRORS:
+            return True  # the parser itself meets the error, line by line
+        return self._scout.complete
 
     # llhttp's callbacks
 
