@@ -110,8 +110,8 @@ class Message:
         if self._in_head:
             raise httptools.HttpParserError("the head did not end where hygiene saw it end")
         self.declared: int | None = 0  # Content-Length, 0 without a body, None when chunked
-        self.close = False  # the caller sent `Connection: close`
-        self.expects_continue = False  # ... or `Expect: 100-continue`
+        self.close = False  # close after the reply: `Connection: close` sent, or the body too large
+        self.expects_continue = False  # the caller sent `Expect: 100-continue`
         for name, value in self.headers:
             if name == b"transfer-encoding":
                 self.declared = None
@@ -249,6 +249,7 @@ class _Body:
                     if conn.pending:
                         conn.pending = message.feed(conn.pending)
                     if message.size > limit:
+                        message.close = True  # even if it all arrived: not reused after it
                         raise BodyTooLarge
                     if message.complete:
                         return b"".join(message.chunks)
@@ -401,8 +402,8 @@ class Listener:
             call = self._broker.new_call(peer, method, target, headers, body)
             reply = await self._broker.handle(call)
         # Reused only when this request was read to its end (a body the handler left unread
-        # would be taken for the next head), the caller did not ask to close, and it was no
-        # CONNECT (as h11 did: a CONNECT never leaves the connection to HTTP).
+        # would be taken for the next head), neither the caller nor an oversize body asks to
+        # close, and it was no CONNECT (as with h11: a CONNECT never leaves the connection to HTTP).
         keep = (
             message.complete
             and not message.close
