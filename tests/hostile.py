@@ -189,6 +189,10 @@ class Conn:
             if answer.status is None or answer.status >= 200:
                 return answer
 
+    def response(self) -> Answer:
+        """The next response as it comes, a 1xx included."""
+        return self._one(wait_close=False)
+
     def _one(self, *, wait_close: bool) -> Answer:
         while b"\r\n\r\n" not in self._buffer and not self.closed:
             self._fill()

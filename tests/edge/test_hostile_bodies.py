@@ -211,6 +211,19 @@ def test_declared_oversize_body_is_refused_before_it_is_sent(
     assert entry["shape"] is None and answer.closed
 
 
+def test_oversize_body_that_all_arrived_still_closes(stack: Stack, canary: Canary) -> None:
+    """A chunked body over the cap sent whole, last chunk included: 413, and the connection is not
+    reused for what follows."""
+    check = Invariant(stack, canary)
+    head = post(mint(stack), b"", JSON_TYPE).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+    chunk = b"2000\r\n" + b" " * 0x2000 + b"\r\n"
+    with Conn(stack.port, tls_context(stack.root)) as conn:
+        conn.send(head + chunk * (MAX_BYTES // 0x2000 + 1) + b"0\r\n\r\n")
+        answer = conn.answer(wait_close=True)
+    check.refused(answer, 413, "body_too_large")
+    assert answer.closed
+
+
 def test_chunked_oversize_body_is_refused_before_it_ends(stack: Stack, canary: Canary) -> None:
     check = Invariant(stack, canary)
     head = post(mint(stack), b"", JSON_TYPE).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")

@@ -191,6 +191,42 @@ def test_content_encoding_is_refused_never_decompressed(stack: Stack, canary: Ca
     assert check.forwarded() == []
 
 
+def test_bytes_past_a_chunked_body_are_judged_as_a_new_head(stack: Stack, canary: Canary) -> None:
+    """The chunked body ends at its last chunk and trailer; what follows is the next request, judged
+    by the raw-head check again (here HTTP/1.0: refused, closed), never part of the first."""
+    check = Invariant(stack, canary, validated=[BODY])
+    tail = b"GET /orders.api.internal/v1/orders HTTP/1.0\r\nHost: x\r\n\r\n"
+    raw = head(POST, [JSON, b"Transfer-Encoding: chunked"], mint(stack))
+    raw += chunked(BODY)[:-2] + b"X-Trailer: t\r\n\r\n" + tail
+    with Conn(stack.port, tls_context(stack.root)) as conn:
+        conn.send(raw)
+        first, second = conn.answer(), conn.answer(wait_close=True)
+    assert first.status == 201, first.body
+    check.refused(second, *MALFORMED)
+    assert second.closed
+    [forwarded] = check.forwarded()
+    assert forwarded.body == BODY
+
+
+def test_expect_100_continue_is_answered_only_when_the_body_is_wanted(stack: Stack, canary: Canary) -> None:
+    check = Invariant(stack, canary, validated=[BODY])
+    expect = [JSON, f"Content-Length: {len(BODY)}".encode(), b"Expect: 100-continue"]
+    with Conn(stack.port, tls_context(stack.root)) as conn:
+        conn.send(head(POST, expect, mint(stack)))
+        assert conn.poll(5.0), "no 100 Continue while the broker waits for the body"
+        interim = conn.response()
+        conn.send(BODY)
+        final = conn.answer()
+    assert (interim.status, final.status) == (100, 201), final.body
+    # refused before the body is wanted: the final answer comes first, and no 100 at all
+    target = f"POST http://{canary.authority}/ HTTP/1.1".encode()
+    with Conn(stack.port, tls_context(stack.root)) as conn:
+        conn.send(head(target, expect, mint(stack)))
+        refused = conn.response()
+    check.refused(refused, 400, "non_canonical_target")
+    assert len(check.forwarded()) == 1
+
+
 def test_exact_chunked_is_accepted_and_reframed(stack: Stack, canary: Canary) -> None:
     """The control case: `Transfer-Encoding: chunked` exactly, with a trailer, goes upstream with
     the broker's own Content-Length framing and the very bytes that were validated."""

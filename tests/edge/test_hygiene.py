@@ -1,8 +1,10 @@
-"""The raw-head check on bytes alone (sans-I/O): what it refuses that h11 would have let through."""
+"""The raw-head check on bytes alone (sans-I/O): what it refuses that h11, or llhttp (the data
+plane's parser, via httptools), would have let through."""
 
 from __future__ import annotations
 
 import h11
+import httptools
 import pytest
 
 from ztb.config.broker import Limits
@@ -48,6 +50,55 @@ LENIENT_IN_H11 = {
 def test_refuses_what_h11_tolerates(name: str) -> None:
     head, reason = LENIENT_IN_H11[name]
     assert h11_accepts(head), "the case must show an h11 leniency"
+    assert hygiene.check_head(head, 64).problem is reason
+
+
+class _HeadEnd:
+    def __init__(self) -> None:
+        self.complete = False
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def llhttp_accepts(head: bytes) -> bool:
+    """llhttp (strict, as the listener runs it) parses the head, or would switch protocols."""
+    seen = _HeadEnd()
+    try:
+        httptools.HttpRequestParser(seen).feed_data(head)
+    except httptools.HttpParserUpgrade:
+        return True
+    except httptools.HttpParserError:
+        return False
+    return seen.complete
+
+
+# Heads llhttp accepts (or would switch protocols on) and ztb refuses, with the reason ztb gives:
+# the h11 leniencies llhttp shares, and llhttp's own.
+LENIENT_IN_LLHTTP = {
+    **{name: LENIENT_IN_H11[name] for name in ("TE upper case", "obs-text", "HTTP/1.0", "Upgrade")},
+    "no Host": (b"GET /a HTTP/1.1\r\n\r\n", Reason.MALFORMED_REQUEST),
+    "two Hosts": (b"GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", Reason.MALFORMED_REQUEST),
+    "TE list": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        Reason.MALFORMED_REQUEST,
+    ),
+    "TE twice": (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        Reason.MALFORMED_REQUEST,
+    ),
+    "h2c upgrade": (
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        Reason.MALFORMED_REQUEST,
+    ),
+    "HTTP/0.9 line": (b"GET /a\r\n\r\n", Reason.MALFORMED_REQUEST),
+}
+
+
+@pytest.mark.parametrize("name", list(LENIENT_IN_LLHTTP))
+def test_refuses_what_llhttp_tolerates(name: str) -> None:
+    head, reason = LENIENT_IN_LLHTTP[name]
+    assert llhttp_accepts(head), "the case must show an llhttp leniency"
     assert hygiene.check_head(head, 64).problem is reason
 
 

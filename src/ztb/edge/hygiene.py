@@ -1,10 +1,12 @@
-"""Request hygiene on the raw bytes of a request head: what h11 would tolerate and ztb does not.
+"""Request hygiene on the raw bytes of a request head: what parsers would tolerate and ztb does not.
 
-h11 is lenient where RFC 9112 allows leniency, and it normalises what it parses: it accepts bare
-LF line endings and obs-fold continuation lines, lowercases `Transfer-Encoding` values (so
-`CHUNKED` passes as `chunked`), merges repeated identical `Content-Length` headers and accepts
-obs-text in header values. A broker that frames for its upstreams must not depend on any of
-that, so the head is checked here, byte for byte, before h11 interprets it:
+Parsers are lenient where RFC 9112 allows leniency, each in its own way, and they normalise what
+they parse. h11 accepts bare LF line endings and obs-fold continuation lines, lowercases
+`Transfer-Encoding` values (so `CHUNKED` passes as `chunked`), merges repeated identical
+`Content-Length` headers and accepts obs-text in header values; llhttp (the listener's parser)
+accepts `CHUNKED`, `gzip, chunked`, obs-text, no `Host` or two, and HTTP/1.0. A broker that frames
+for its upstreams must not depend on any of that, so the head is checked here, byte for byte,
+before any parser interprets it:
 - the request line is exactly `METHOD SP origin-ish-target SP HTTP/1.1 CRLF` (HTTP/1.0, HTTP/0.9,
   HTTP/2 prefaces and anything else are malformed), checked as soon as it is complete;
 - every line ends with CRLF; no obs-fold; header names are tokens; values are printable ASCII;
@@ -12,7 +14,7 @@ that, so the head is checked here, byte for byte, before h11 interprets it:
 - at most one `Content-Length`, digits only; at most one `Transfer-Encoding`, exactly `chunked`
   as sent; never both;
 - at most `max_headers` header lines.
-Pure code over bytes: no I/O, no h11. Refusals are reason codes; the edge audits and answers them.
+Pure code over bytes: no I/O, no parser. Refusals are reason codes; the edge audits and answers them.
 Bad framing of any kind is `malformed_request` (SPEC §2), Transfer-Encoding games included.
 """
 
