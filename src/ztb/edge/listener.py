@@ -243,19 +243,22 @@ class _Body:
         if message.expects_continue and not message.complete:
             message.expects_continue = False
             conn.writer.write(CONTINUE)  # only now that the body is wanted
+        # One deadline for the whole body; only the reads wait (a body that came with its head,
+        # the usual case, is framed without any timer).
+        deadline = asyncio.get_running_loop().time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout):
-                while True:
-                    if conn.pending:
-                        conn.pending = message.feed(conn.pending)
-                    if message.size > limit:
-                        message.close = True  # even if it all arrived: not reused after it
-                        raise BodyTooLarge
-                    if message.complete:
-                        return b"".join(message.chunks)
+            while True:
+                if conn.pending:
+                    conn.pending = message.feed(conn.pending)
+                if message.size > limit:
+                    message.close = True  # even if it all arrived: not reused after it
+                    raise BodyTooLarge
+                if message.complete:
+                    return b"".join(message.chunks)
+                async with asyncio.timeout_at(deadline):
                     conn.pending = await conn.reader.read(READ_CHUNK)
-                    if not conn.pending:
-                        raise BodyTimeout  # the connection ended mid-body
+                if not conn.pending:
+                    raise BodyTimeout  # the connection ended mid-body
         except TimeoutError:
             raise BodyTimeout from None
         except (*PARSER_ERRORS, ConnectionError, ssl.SSLError):
@@ -440,21 +443,22 @@ class Listener:
         # ...and the whole head within header_timeout_s of it, checked on its raw bytes first.
         known: hygiene.Verdict | None = None  # the request line, once it is complete and sound
         end: int | None = None
+        deadline = asyncio.get_running_loop().time() + limits.header_timeout_s  # only reads wait
         try:
-            async with asyncio.timeout(limits.header_timeout_s):
-                while True:
-                    line = hygiene.first_line(raw) if known is None else None
-                    if line is not None:
-                        known = hygiene.check_request_line(line)
-                        if known.problem is not None:
-                            raise _Refused(known.problem, known.method, known.target)
-                    end = hygiene.head_end(raw) if known is not None else None
-                    if end is not None or len(raw) > limits.max_header_bytes:
-                        break
+            while True:
+                line = hygiene.first_line(raw) if known is None else None
+                if line is not None:
+                    known = hygiene.check_request_line(line)
+                    if known.problem is not None:
+                        raise _Refused(known.problem, known.method, known.target)
+                end = hygiene.head_end(raw) if known is not None else None
+                if end is not None or len(raw) > limits.max_header_bytes:
+                    break
+                async with asyncio.timeout_at(deadline):
                     data = await conn.reader.read(READ_CHUNK)
-                    if not data:  # the peer gave up half-way through a head
-                        raise _Refused(Reason.MALFORMED_REQUEST, *_known(known))
-                    raw += data
+                if not data:  # the peer gave up half-way through a head
+                    raise _Refused(Reason.MALFORMED_REQUEST, *_known(known))
+                raw += data
         except TimeoutError:
             raise _Refused(Reason.HEADER_TIMEOUT, *_known(known)) from None
         except (ConnectionError, ssl.SSLError):
