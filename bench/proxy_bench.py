@@ -179,7 +179,7 @@ def median_row(runs: list[Run]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each measured run")
-    parser.add_argument("--pairs", type=int, default=3, help="broker/reference pairs per concurrency (>= 3)")
+    parser.add_argument("--pairs", type=int, default=5, help="broker/reference pairs per concurrency (>= 3)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--out", type=Path, default=Path("bench/results/proxy.json"))
     args = parser.parse_args(argv)
