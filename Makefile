@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pure-parser install lint typecheck bench bench-scale bench-verify bench-writer clean
+.PHONY: demo test test-pure-parser install lint typecheck bench bench-core bench-scale bench-verify bench-writer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-verify: $(STAMP)
 
 bench-writer: $(STAMP)
 	$(BIN)/python -m bench.writer_bench
+
+bench-core: $(STAMP)
+	$(BIN)/python -m bench.core_bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
