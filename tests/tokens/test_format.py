@@ -9,12 +9,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import string
 import zlib
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ztb.tokens.format import TOKEN_LENGTH, is_well_formed, new_token, token_hash, token_id
+from ztb.tokens.format import TOKEN_LENGTH, checksum, is_well_formed, new_token, token_hash, token_id
 
 ALPHABET62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BASE64URL = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -120,3 +123,8 @@ def test_hash_and_id() -> None:
     assert len(digest) == 32
     assert token_id(digest) == hashlib.sha256(token.encode("ascii")).hexdigest()[:16]
     assert re.fullmatch(r"[0-9a-f]{16}", token_id(digest))
+
+
+@given(st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=43, max_size=43))
+def test_checksum_matches_the_independent_base62_of_the_crc(body: str) -> None:
+    assert checksum(body) == crc_digits(body)

@@ -19,12 +19,16 @@ _SHAPE = re.compile(r"ztb_([A-Za-z0-9_-]{43})([0-9A-Za-z]{6})")
 TOKEN_LENGTH = len(PREFIX) + 43 + 6
 
 
+_PAIRS = [high + low for high in _BASE62 for low in _BASE62]  # 62 * 62: two digits at a time
+
+
 def _base62(value: int, width: int) -> str:
-    digits = []
-    for _ in range(width):
-        value, digit = divmod(value, 62)
-        digits.append(_BASE62[digit])
-    return "".join(reversed(digits))
+    """`value` as `width` base62 digits (even `width`), most significant first, zero-padded."""
+    pairs = []
+    for _ in range(width // 2):
+        value, pair = divmod(value, 3844)
+        pairs.append(_PAIRS[pair])
+    return "".join(reversed(pairs))
 
 
 def checksum(body: str) -> str:
