@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import StallingWriter
 
 from ztb.audit.entry import ZERO_HASH, check_seal
 from ztb.audit.jcs import canonicalize
@@ -231,3 +232,30 @@ def test_fields_are_kept_and_common_fields_set(tmp_path: Path, kind: str) -> Non
     assert entry["kind"] == kind
     assert {name: entry[name] for name in fields} == fields
     assert set(entry) == {"v", "kind", "seq", "ts", "broker", "kid", "prev_hash", "hash", "sig", *fields}
+
+
+def test_durability_waits_time_out_alone_and_are_released_together(tmp_path: Path) -> None:
+    """Several callers wait on one entry: one gives up on its own timer (and the log is then
+    overdue, not writable), one is cancelled, and the rest all hear of the commit that finally
+    covers the entry, after which the log is writable again."""
+
+    async def scenario() -> None:
+        writer = StallingWriter(tmp_path / "log", BROKER, SigningKey.generate())
+        await writer.open(version=VERSION, registry_sha256=REGISTRY)
+        assert await writer.durable(writer.next_seq - 1, 5.0)
+        writer.stall()
+        held = writer.append("call", {"call_id": "held"}).seq
+        patient = [asyncio.create_task(writer.durable(held, 10.0)) for _ in range(3)]
+        cancelled = asyncio.create_task(writer.durable(held, 10.0))
+        assert await writer.durable(held, 0.05) is False  # its own timer, the others still wait
+        assert not writer.writable
+        cancelled.cancel()
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in patient)
+        writer.release()
+        assert await asyncio.wait_for(asyncio.gather(*patient), 10.0) == [True, True, True]
+        assert cancelled.cancelled()
+        assert writer.writable  # the overdue entry is durable: calls may go ahead again
+        assert await writer.close()
+
+    asyncio.run(scenario())

@@ -95,6 +95,11 @@ class _Tail:
     torn: TornTail | None
 
 
+def _settle(waiter: asyncio.Future[bool], durable: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(durable)
+
+
 class AuditWriter:
     def __init__(
         self,
@@ -117,7 +122,7 @@ class AuditWriter:
         self._pending: list[tuple[int, bytes, str]] = []  # seq, line, hash
         self._pending_bytes = 0
         self._durable_seq = self._tail.seq - 1
-        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._waiters: dict[int, list[asyncio.Future[bool]]] = {}  # seq -> its callers' futures
         self._failing = False
         self._overdue = False
         self._displaced: str | None = None
@@ -224,29 +229,22 @@ class AuditWriter:
         if self._displaced is not None:
             return False  # nothing is written any more: no point waiting
         loop = asyncio.get_running_loop()
-        waiter = self._waiters.get(seq)
-        if waiter is None:
-            waiter = loop.create_future()
-            self._waiters[seq] = waiter
-        # The caller waits on a future of its own, settled by the commit or by the timer, so the
-        # shared waiter is never cancelled under another caller (and no task is spawned per wait).
+        # The caller waits on a future of its own, settled True by the commit that covers `seq`
+        # (`_release_waiters`) or False by its timer: no task per wait, no future shared between
+        # callers, and the commit wakes the caller directly.
         mine: asyncio.Future[bool] = loop.create_future()
-
-        def committed(_: asyncio.Future[None]) -> None:
-            if not mine.done():
-                mine.set_result(True)
-
-        def expired() -> None:
-            if not mine.done():
-                mine.set_result(False)
-
-        waiter.add_done_callback(committed)
-        timer = loop.call_later(timeout_s, expired)
+        waiting = self._waiters.setdefault(seq, [])
+        waiting.append(mine)
+        timer = loop.call_later(timeout_s, _settle, mine, False)
         try:
             durable = await mine
         finally:
             timer.cancel()
-            waiter.remove_done_callback(committed)
+            if not mine.done() or mine.cancelled() or not mine.result():
+                # Given up (timed out or cancelled): `seq` itself stays listed while it is not
+                # durable, so the log is reported overdue until it is.
+                with contextlib.suppress(ValueError):
+                    waiting.remove(mine)
         if not durable:
             if not self._overdue:
                 log.error("audit entry %d not durable within %.3f s: refusing calls", seq, timeout_s)
@@ -316,9 +314,8 @@ class AuditWriter:
     def _release_waiters(self) -> None:
         durable = self._durable_seq
         for seq in [seq for seq in self._waiters if seq <= durable]:
-            waiter = self._waiters.pop(seq)
-            if not waiter.done():
-                waiter.set_result(None)
+            for waiter in self._waiters.pop(seq):
+                _settle(waiter, True)
         if not self._waiters:
             self._overdue = False
 
