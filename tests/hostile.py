@@ -134,6 +134,7 @@ class Conn:
         self.tls = connect(port, ctx)
         self._buffer = b""
         self.closed = False
+        self.tls_error: str | None = None  # the TLS error that ended the connection, if one did
 
     def __enter__(self) -> Conn:
         return self
@@ -174,7 +175,8 @@ class Conn:
             chunk = self.tls.recv(65536)
         except ssl.SSLWantReadError:
             raise
-        except (ssl.SSLError, ConnectionError):
+        except (ssl.SSLError, ConnectionError) as exc:
+            self.tls_error = repr(exc)
             chunk = b""
         if not chunk:
             self.closed = True
@@ -197,7 +199,7 @@ class Conn:
         while b"\r\n\r\n" not in self._buffer and not self.closed:
             self._fill()
         if b"\r\n\r\n" not in self._buffer:
-            return Answer(None, [], self._buffer, True, time.monotonic() - self.started)
+            return Answer(None, [], self._buffer, True, time.monotonic() - self.started, self.tls_error)
         head, _, rest = self._buffer.partition(b"\r\n\r\n")
         status_line, *lines = head.decode("latin-1").split("\r\n")
         headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]

@@ -18,6 +18,7 @@ from ztb.client import (
     AsyncClient,
     BrokerError,
     BrokerUnavailable,
+    CertificateRefused,
     Client,
     EgressFailed,
     IdentityRefused,
@@ -182,13 +183,51 @@ def test_unpinned_certificate_raises_identity_refused(stack: Stack, kind: str, t
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_untrusted_certificate_is_refused_at_the_tls_level(stack: Stack, kind: str, tmp_path: Path) -> None:
-    # The broker just closes the connection (no HTTP, no body): the client cannot tell this from
-    # an outage, so it says both; the broker's `identity` entry says which it was.
+    # The broker's handshake refuses the certificate with a TLS alert, which the client turns
+    # into a typed refusal (not an outage), with the reason the broker's `identity` entry has.
     paths = _stranger(stack, tmp_path, same_ca=False)
+    before = len(stack.upstream.received)
+    with pytest.raises(CertificateRefused) as raised:
+        run(kind, stack, lambda c: c.get(UPSTREAM, "/v1/orders", scope="orders:read"), paths=paths)
+    refused = raised.value
+    assert isinstance(refused, IdentityRefused)
+    assert (refused.status, refused.gate, refused.reason, refused.call_id) == (
+        0,
+        "identity",
+        "untrusted_certificate",
+        None,
+    )
+    assert refused.alert == "TLSV1_ALERT_UNKNOWN_CA" and "refused this client certificate" in str(refused)
+    assert stack.wait_for(lambda e: e["kind"] == "identity" and e["reason"] == "untrusted_certificate")
+    assert len(stack.upstream.received) == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_certificate_is_refused_at_the_tls_level(stack: Stack, kind: str) -> None:
+    before = len(stack.upstream.received)
+    paths = (None, None, stack.root / "ca" / "ca.pem")
+    with pytest.raises(CertificateRefused) as raised:
+        run(kind, stack, lambda c: c.get(UPSTREAM, "/v1/orders", scope="orders:read"), paths=paths)  # type: ignore[arg-type]
+    assert raised.value.reason == "no_client_certificate"
+    assert raised.value.alert == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    assert stack.wait_for(lambda e: e["kind"] == "identity" and e["reason"] == "no_client_certificate")
+    assert len(stack.upstream.received) == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_ca_certificate_as_leaf_is_refused_after_the_handshake(
+    stack: Stack, kind: str, tmp_path: Path
+) -> None:
+    # OpenSSL accepts it, the listener refuses it once the handshake is done, when no alert can
+    # be sent any more: the client only sees the connection closed, and says both possibilities.
+    ca = pki.load_issued(stack.root / "ca" / "ca.pem", stack.root / "ca" / "ca.key")
+    leaf = pki.issue_leaf(ca, "svc.checkout", eku=[pki.CLIENT_AUTH], is_ca=True)
+    leaf.write(tmp_path / "cert.pem", tmp_path / "key.pem")
+    paths = (tmp_path / "cert.pem", tmp_path / "key.pem", stack.root / "ca" / "ca.pem")
     before = len(stack.upstream.received)
     with pytest.raises(BrokerUnavailable, match="refusing this client certificate"):
         run(kind, stack, lambda c: c.get(UPSTREAM, "/v1/orders", scope="orders:read"), paths=paths)
-    assert stack.wait_for(lambda e: e["kind"] == "identity" and e["reason"] == "untrusted_certificate")
+    assert stack.wait_for(lambda e: e["kind"] == "identity" and e["reason"] == "client_cert_is_ca")
     assert len(stack.upstream.received) == before
 
 

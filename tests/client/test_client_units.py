@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import ssl
 
 import pytest
 
 from ztb.client import (
     AllowlistRefused,
+    CertificateRefused,
     EgressFailed,
     IdentityRefused,
     Response,
@@ -15,6 +17,7 @@ from ztb.client import (
     ShapeRefused,
     refusal,
 )
+from ztb.client.response import tls_refusal
 from ztb.client.tokens import TokenCache
 
 KEY = ("orders.api.internal", "orders:create")
@@ -97,3 +100,42 @@ def test_broker_refusals_become_typed_errors(status: int, gate: str, reason: str
 )
 def test_anything_else_is_an_upstream_answer(answer: Response) -> None:
     assert refusal(answer) is None
+
+
+def _ssl_error(reason: str, kind: type[ssl.SSLError] = ssl.SSLError) -> ssl.SSLError:
+    error = kind(1, f"[SSL: {reason}] ({reason.lower()})")
+    error.reason = reason
+    return error
+
+
+@pytest.mark.parametrize(
+    ("alert", "reason"),
+    [
+        ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "no_client_certificate"),
+        ("TLSV1_ALERT_UNKNOWN_CA", "untrusted_certificate"),
+        ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "untrusted_certificate"),
+        ("SSLV3_ALERT_BAD_CERTIFICATE", "untrusted_certificate"),
+        ("SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "untrusted_certificate"),
+        ("TLSV1_ALERT_PROTOCOL_VERSION", "tls_handshake_failed"),
+        ("SSLV3_ALERT_HANDSHAKE_FAILURE", "tls_handshake_failed"),
+    ],
+)
+def test_a_handshake_alert_becomes_a_certificate_refusal(alert: str, reason: str) -> None:
+    refused = tls_refusal(_ssl_error(alert))
+    assert isinstance(refused, CertificateRefused) and isinstance(refused, IdentityRefused)
+    assert (refused.status, refused.gate, refused.reason, refused.alert) == (0, "identity", reason, alert)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        _ssl_error("UNEXPECTED_EOF_WHILE_READING", ssl.SSLEOFError),  # a close, not a refusal
+        _ssl_error("CERTIFICATE_VERIFY_FAILED", ssl.SSLCertVerificationError),  # ours of the broker
+        _ssl_error("WRONG_VERSION_NUMBER"),  # not TLS on the other side
+        _ssl_error("XTLSV1_ALERT_UNKNOWN_CA"),  # not OpenSSL's name for an alert
+        ConnectionResetError(104, "reset"),
+        OSError("TLSV1_ALERT_UNKNOWN_CA"),  # the words alone, outside a TLS error
+    ],
+)
+def test_anything_else_is_not_a_certificate_refusal(error: BaseException) -> None:
+    assert tls_refusal(error) is None

@@ -69,18 +69,22 @@ def issue(ca: pki.Issued, case: str, pinned_key: Any) -> pki.Issued:
     raise AssertionError(case)
 
 
+# case -> (the identity entry's reason, the TLS alert the caller receives). OpenSSL refuses the
+# first kinds during the handshake, and the listener sends its alert; a CA certificate as a leaf
+# and a missing EKU pass OpenSSL and are refused by the listener right after the handshake,
+# when no alert can be sent any more: the connection is closed.
 TLS_REFUSED = {
-    "CA:TRUE leaf": "client_cert_is_ca",
-    "pinned key, CA:TRUE leaf": "client_cert_is_ca",
-    "no EKU": "client_cert_not_client_auth",
-    "pinned key, no EKU": "client_cert_not_client_auth",
-    "serverAuth only": "untrusted_certificate",
-    "expired": "untrusted_certificate",
-    "not yet valid": "untrusted_certificate",
-    "another CA": "untrusted_certificate",
-    "pinned key, another CA": "untrusted_certificate",
-    "self-signed": "untrusted_certificate",
-    "pinned key, self-signed": "untrusted_certificate",
+    "CA:TRUE leaf": ("client_cert_is_ca", None),
+    "pinned key, CA:TRUE leaf": ("client_cert_is_ca", None),
+    "no EKU": ("client_cert_not_client_auth", None),
+    "pinned key, no EKU": ("client_cert_not_client_auth", None),
+    "serverAuth only": ("untrusted_certificate", "ALERT_UNSUPPORTED_CERTIFICATE"),
+    "expired": ("untrusted_certificate", "ALERT_CERTIFICATE_EXPIRED"),
+    "not yet valid": ("untrusted_certificate", "ALERT_BAD_CERTIFICATE"),
+    "another CA": ("untrusted_certificate", "ALERT_UNKNOWN_CA"),
+    "pinned key, another CA": ("untrusted_certificate", "ALERT_UNKNOWN_CA"),
+    "self-signed": ("untrusted_certificate", "ALERT_UNKNOWN_CA"),
+    "pinned key, self-signed": ("untrusted_certificate", "ALERT_UNKNOWN_CA"),
 }
 
 
@@ -97,11 +101,17 @@ def last_seq(stack: Stack) -> int:
     return max(e["seq"] for e in stack.entries())
 
 
-def expect_tls_refusal(stack: Stack, canary: Canary, ctx: ssl.SSLContext, reason: str) -> None:
+def expect_tls_refusal(
+    stack: Stack, canary: Canary, ctx: ssl.SSLContext, reason: str, alert: str | None
+) -> None:
     check = Invariant(stack, canary)
     before = last_seq(stack)
     answer = send_raw(stack.port, ctx, request_bytes("GET", LIST), wait_close=True)
     assert answer.status is None and answer.closed, (answer.status, answer.body)
+    if alert is None:  # refused after the handshake: closed, with no alert and no HTTP answer
+        assert "ALERT" not in (answer.tls_error or ""), answer.tls_error
+    else:  # the caller is told why, by the handshake failure's own alert (not a bare reset)
+        assert alert in (answer.tls_error or ""), answer.tls_error
     # The first refusal of a second is written at once, repeats fold into one entry a second later.
     found = stack.wait_for(
         lambda e: e["kind"] == "identity" and e["reason"] == reason and e["seq"] > before, 3.0
@@ -131,18 +141,20 @@ def test_bad_client_certificate_is_refused_at_tls(
     cert = issue(ca, case, pinned.key)
     if case.startswith("pinned key"):
         assert cert.pin == pinned.pin  # the registry pins this very key
-    expect_tls_refusal(stack, canary, write(tmp_path, cert), TLS_REFUSED[case])
+    expect_tls_refusal(stack, canary, write(tmp_path, cert), *TLS_REFUSED[case])
 
 
 def test_no_client_certificate_is_refused_at_tls(stack: Stack, canary: Canary) -> None:
-    expect_tls_refusal(stack, canary, tls_context(stack.root, None), "no_client_certificate")
+    expect_tls_refusal(
+        stack, canary, tls_context(stack.root, None), "no_client_certificate", "ALERT_CERTIFICATE_REQUIRED"
+    )
 
 
 def test_client_offering_only_tls12_is_refused(stack: Stack, canary: Canary) -> None:
     ctx = tls_context(stack.root)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    expect_tls_refusal(stack, canary, ctx, "tls_handshake_failed")
+    expect_tls_refusal(stack, canary, ctx, "tls_handshake_failed", "ALERT_PROTOCOL_VERSION")
 
 
 def test_valid_certificate_with_unpinned_spki_gets_403(stack: Stack, canary: Canary, tmp_path: Path) -> None:

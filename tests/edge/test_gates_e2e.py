@@ -30,7 +30,7 @@ import yaml
 
 from stack import UPSTREAM, Stack
 from ztb import pki
-from ztb.client import Caller, Response, client_context
+from ztb.client import Caller, CertificateRefused, Response, client_context
 from ztb.config import load_registry
 from ztb.deploy import sample_order, sign_registry_with_dev_keys
 from ztb.tokens.format import new_token, token_hash, token_id
@@ -317,10 +317,16 @@ def test_bad_client_certificate_gets_no_conversation(
     last_seq = stack.broker.writer.next_seq - 1  # appended so far, flushed or not
     caller = Caller(stack.url, cert, key, stack.root / "ca" / "ca.pem")
     try:
-        with pytest.raises((OSError, http.client.HTTPException)):
+        # Refused in the handshake: the caller is told so by its alert (CertificateRefused, with the
+        # entry's reason). Refused right after it (no EKU, a CA as leaf): the connection just closes.
+        with pytest.raises((CertificateRefused, OSError, http.client.HTTPException)) as raised:
             caller.request("GET", f"/{UPSTREAM}{LIST}", headers=bearer(new_token()))
     finally:
         caller.close()
+    if reason in ("client_cert_not_client_auth", "client_cert_is_ca"):
+        assert not isinstance(raised.value, CertificateRefused)
+    else:
+        assert isinstance(raised.value, CertificateRefused) and raised.value.reason == reason
     # One `identity` entry (repeats from one source within a second are folded into a count).
     found = wait_for(
         stack, lambda e: e["kind"] == "identity" and e["seq"] > last_seq and e["reason"] == reason

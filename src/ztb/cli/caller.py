@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, TypeVar
 import click
 
 from ztb.cli import UserError
-from ztb.client import BrokerError, Caller, Response
+from ztb.client import BrokerError, BrokerUnavailable, Caller, CertificateRefused, Response
 from ztb.config import load_broker_config, load_registry
 from ztb.gates.target import lookup
 
@@ -97,6 +97,8 @@ def token(
     caller = _caller(deployment, identity, broker, cert, key, ca)
     try:
         click.echo(caller.mint(upstream, scope))
+    except (CertificateRefused, BrokerUnavailable) as exc:  # each says what happened, in full
+        raise UserError(str(exc)) from None
     except BrokerError as exc:
         raise UserError(f"token refused: {exc}") from None
     except OSError as exc:
@@ -158,6 +160,8 @@ def call(
     try:
         bearer = given_token or caller.mint(upstream, scope or "")
         response = caller.request(method, target, data, {"Authorization": f"Bearer {bearer}", **extra})
+    except (CertificateRefused, BrokerUnavailable) as exc:  # each says what happened, in full
+        raise UserError(str(exc)) from None
     except BrokerError as exc:
         raise UserError(f"token refused: {exc}") from None
     except OSError as exc:

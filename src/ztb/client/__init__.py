@@ -4,7 +4,9 @@
   mint tokens on demand per (upstream, scope), use ZTB-Next-Token rotation transparently, and
   turn the broker's refusals into typed exceptions carrying status, gate, reason and call id:
   `IdentityRefused`, `ScopeRefused`, `AllowlistRefused`, `ShapeRefused`, `EgressFailed`
-  (all `BrokerError`); `BrokerUnavailable` when a request could not be delivered at all.
+  (all `BrokerError`); `CertificateRefused` (an `IdentityRefused`) when the broker's TLS
+  handshake refused the client certificate with an alert; `BrokerUnavailable` when a request
+  could not be delivered at all.
 - `Caller` is the low level under `Client`: requests sent exactly as given, tokens by hand,
   every answer returned as a `Response` (for tools and tests of hostile input).
 
@@ -16,6 +18,7 @@ from ztb.client.response import (
     AllowlistRefused,
     BrokerError,
     BrokerUnavailable,
+    CertificateRefused,
     EgressFailed,
     IdentityRefused,
     Response,
@@ -31,6 +34,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "Caller",
+    "CertificateRefused",
     "Client",
     "EgressFailed",
     "IdentityRefused",

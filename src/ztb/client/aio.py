@@ -16,7 +16,14 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ztb.client.response import BrokerError, BrokerUnavailable, Response, refusal
+from ztb.client.response import (
+    BrokerError,
+    BrokerUnavailable,
+    CertificateRefused,
+    Response,
+    refusal,
+    tls_refusal,
+)
 from ztb.client.sync import STALE_TOKEN_REASONS, TOKEN_PATH, client_context, encode_body, parse_broker_url
 from ztb.client.tokens import Key, TokenCache
 
@@ -96,10 +103,16 @@ class AsyncClient:
             except aiohttp.ClientConnectorCertificateError:
                 raise  # the broker's certificate is not trusted: a configuration error, not an outage
             except aiohttp.ClientConnectorError as exc:
+                refused = _certificate_refused(exc)
+                if refused is not None:
+                    raise refused from exc
                 raise BrokerUnavailable(
                     f"cannot connect to the broker at {self.host}:{self.port}: {exc}"
                 ) from exc
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                refused = _certificate_refused(exc)
+                if refused is not None:  # TLS 1.3: the alert comes on the first read
+                    raise refused from exc
                 if attempt == 2:
                     raise BrokerUnavailable(
                         f"the broker at {self.host}:{self.port} closed the connection before answering "
@@ -215,3 +228,12 @@ class AsyncClient:
         headers: dict[str, str] | None = None,
     ) -> Response:
         return await self.send("PATCH", upstream, path, scope=scope, json=json, body=body, headers=headers)
+
+
+def _certificate_refused(exc: aiohttp.ClientError) -> CertificateRefused | None:
+    """The broker's handshake alert inside aiohttp's wrapping of it, if that is what this is."""
+    for cause in (getattr(exc, "os_error", None), exc.__cause__, exc):
+        refused = tls_refusal(cause) if isinstance(cause, BaseException) else None
+        if refused is not None:
+            return refused
+    return None

@@ -8,6 +8,8 @@ own 4xx/5xx answer stays a plain response. Pure code: no I/O.
 from __future__ import annotations
 
 import json
+import re
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,19 @@ class IdentityRefused(BrokerError):
     """Gate 1: the certificate is valid but pinned to no identity (403 unknown_spki)."""
 
 
+class CertificateRefused(IdentityRefused):
+    """Gate 1 at the TLS level: the broker's handshake refused this client certificate (none,
+    untrusted CA, expired, not yet valid, not for client authentication) and said so with a TLS
+    alert. There is no HTTP status (`status` is 0) and no call id: the broker's log holds the
+    refusal as an `identity` entry with the same `reason`. `alert` is OpenSSL's name for what
+    the broker sent, e.g. `TLSV1_ALERT_UNKNOWN_CA`."""
+
+    def __init__(self, reason: str, alert: str) -> None:
+        super().__init__(0, Gate.IDENTITY.value, reason, None)
+        self.alert = alert
+        self.args = (f"the broker refused this client certificate in the TLS handshake: {alert} ({reason})",)
+
+
 class ScopeRefused(BrokerError):
     """Gate 2: the token is missing, unknown, expired, replayed, for another certificate,
     upstream or scope, or not granted; or the token store is unavailable (503)."""
@@ -83,9 +98,10 @@ class EgressFailed(BrokerError):
 
 class BrokerUnavailable(ConnectionError):
     """The request was not delivered: no connection, or the broker closed it before answering.
-    Nothing reached an upstream; trying again later is safe. A broker that refuses the client
-    certificate at the TLS level (untrusted, expired, no clientAuth) also just closes the
-    connection, so this persisting on every attempt points at the certificate."""
+    Nothing reached an upstream; trying again later is safe. (A certificate the broker refuses
+    in the handshake is a `CertificateRefused`; one it refuses right after the handshake, a CA
+    certificate used as a leaf or one without any extended key usage, just sees the connection
+    closed, so this persisting on every attempt can also point at the certificate.)"""
 
 
 _BY_GATE: dict[Gate, type[BrokerError]] = {
@@ -95,6 +111,30 @@ _BY_GATE: dict[Gate, type[BrokerError]] = {
     Gate.SHAPE: ShapeRefused,
     Gate.EGRESS: EgressFailed,
 }
+
+
+# A TLS alert the peer sent, as OpenSSL names it in `ssl.SSLError.reason`.
+_ALERT = re.compile(r"(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)")
+_ALERT_REASONS = {
+    "CERTIFICATE_REQUIRED": Reason.NO_CLIENT_CERTIFICATE,
+    "UNKNOWN_CA": Reason.UNTRUSTED_CERTIFICATE,
+    "BAD_CERTIFICATE": Reason.UNTRUSTED_CERTIFICATE,
+    "CERTIFICATE_EXPIRED": Reason.UNTRUSTED_CERTIFICATE,
+    "CERTIFICATE_REVOKED": Reason.UNTRUSTED_CERTIFICATE,
+    "CERTIFICATE_UNKNOWN": Reason.UNTRUSTED_CERTIFICATE,
+    "UNSUPPORTED_CERTIFICATE": Reason.UNTRUSTED_CERTIFICATE,
+    "DECRYPT_ERROR": Reason.UNTRUSTED_CERTIFICATE,  # the certificate's key did not sign the handshake
+}
+
+
+def tls_refusal(exc: BaseException) -> CertificateRefused | None:
+    """The typed refusal for a TLS alert the broker sent in its handshake; None for any other
+    error (a reset, an EOF, the broker's own certificate failing our verification)."""
+    text = str(getattr(exc, "reason", None) or "")
+    match = _ALERT.fullmatch(text)
+    if not isinstance(exc, ssl.SSLError) or match is None:
+        return None
+    return CertificateRefused(_ALERT_REASONS.get(match.group(1), Reason.TLS_HANDSHAKE_FAILED).value, text)
 
 
 def refusal(response: Response) -> BrokerError | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from ztb.client.response import BrokerError, BrokerUnavailable, Response, refusal
+from ztb.client.response import BrokerError, BrokerUnavailable, Response, refusal, tls_refusal
 from ztb.client.tokens import Key, TokenCache
 from ztb.reasons import Reason
 
@@ -111,6 +111,12 @@ class Caller:
                     f"the broker at {self.host}:{self.port} closed the connection before answering "
                     "(draining, restarting, or refusing this client certificate)"
                 ) from exc
+            except ssl.SSLError as exc:  # TLS 1.3: a refused certificate's alert comes on the first read
+                self.close()
+                refused = tls_refusal(exc)
+                if refused is None:
+                    raise
+                raise refused from exc
             except BaseException:
                 self.close()
                 raise
@@ -133,6 +139,9 @@ class Caller:
             except ssl.SSLCertVerificationError:
                 raise  # the broker's certificate is not trusted: a configuration error, not an outage
             except OSError as exc:
+                refused = tls_refusal(exc)
+                if refused is not None:
+                    raise refused from exc
                 raise BrokerUnavailable(
                     f"cannot connect to the broker at {self.host}:{self.port}: {exc}"
                 ) from exc

@@ -37,6 +37,7 @@ from ztb.broker import TOKEN_PATH, Broker, Reply
 from ztb.config.broker import Limits
 from ztb.edge import hygiene
 from ztb.edge.tls import client_cert_facts, handshake_reason
+from ztb.edge.tls_server import Lingering, TLSServer
 from ztb.gates.base import BodyTimeout, BodyTooLarge, Peer
 from ztb.reasons import Reason
 
@@ -278,6 +279,7 @@ class Listener:
         self._ssl = ssl_context
         self._limits = limits
         self._fold = _Fold(broker.record_tls_rejection)
+        self._lingering = Lingering()  # refused handshakes draining after their alert
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: dict[asyncio.Task[None], asyncio.StreamWriter] = {}  # connections between requests
         self._draining = False
@@ -335,27 +337,22 @@ class Listener:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        tls = TLSServer(self._ssl, protocol, self._lingering)
         try:
-            transport = await loop.start_tls(
-                raw,
-                protocol,
-                self._ssl,
-                server_side=True,
-                ssl_handshake_timeout=self._limits.header_timeout_s,
+            # A refused handshake's alert reaches the caller (see ztb.edge.tls_server).
+            await tls.handshake(raw, self._limits.header_timeout_s)
+        except TimeoutError:
+            limit = self._limits.header_timeout_s
+            self._fold.rejected(
+                addr, Reason.TLS_HANDSHAKE_FAILED, f"TLS handshake not done within {limit:g} s"
             )
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
-            raw.abort()
+            return
+        except (ssl.SSLError, ConnectionError, OSError) as exc:
             self._fold.rejected(addr, handshake_reason(exc), str(exc))
             return
         except asyncio.CancelledError:
-            raw.abort()
             return
-        if transport is None:  # the peer went away during the handshake
-            raw.abort()
-            self._fold.rejected(addr, Reason.TLS_HANDSHAKE_FAILED, "connection closed during the handshake")
-            return
-        protocol.connection_made(transport)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        writer = asyncio.StreamWriter(tls.transport, protocol, reader, loop)
         try:
             await self._serve(reader, writer, addr)
         except asyncio.CancelledError:  # only drain cancels a connection task: it ends here
