@@ -361,3 +361,25 @@ def test_lingering_refusals_are_bounded_and_counted_back(serve, certs: Certs) ->
     while server.lingering.count and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.lingering.count == 0  # each lingering connection gave its place back when it closed
+
+
+def test_a_reply_then_close_reaches_a_client_still_sending(serve, certs: Certs) -> None:  # type: ignore[no-untyped-def]
+    """The app answers and closes without reading the body the client is still sending (a 413,
+    or a 401 before the body is wanted). The client must read that answer, not a reset."""
+
+    async def refuse_unread(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = serve(refuse_unread)
+    tls = connect(server.port, certs.client)
+    body = b"y" * (4 << 20)
+    # The whole body goes out (it is read and dropped after the answer): an HTTP client that
+    # only reads the answer once it has sent everything (http.client does) would otherwise see
+    # its send fail, take the call for undelivered and send it again.
+    tls.sendall(b"POST /big HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+    reply, error = read_all(tls)
+    assert reply.startswith(b"HTTP/1.1 413 ") and error is None, (reply, error)
+    tls.close()

@@ -7,6 +7,9 @@ from an outage. SPEC §1 answers those calls with a *TLS handshake failure*; thi
 it: the alert is written, our side of the connection is shut down (FIN), and what the peer still
 sends is read and dropped for a short while before the socket closes, so the alert is not lost to
 a reset caused by unread bytes (the request a TLS 1.3 client sends right after its Finished).
+Every close of an established connection ends the same way: close_notify and FIN after the last
+reply, then the peer's bytes are dropped until it closes too, so a caller still sending a body
+that was refused unread reads its refusal. Lingering connections are bounded (`Lingering`).
 
 `TLSServer` is the raw connection's protocol (an `ssl.SSLObject` over memory BIOs) and, once the
 handshake has succeeded, the transport of the application protocol handed to it (the listener's
@@ -23,7 +26,8 @@ from typing import Any
 
 READ_CHUNK = 65536
 WRITE_CHUNK = 16384  # one TLS record's worth of plaintext per SSLObject.write
-LINGER_S = 1.0  # after a refusal: how long the peer's further bytes are read and dropped
+LINGER_S = 1.0  # after a refused handshake: how long the peer's further bytes are read and dropped
+CLOSE_LINGER_S = 5.0  # after our close: how long we wait for the peer's, dropping what it sends
 MAX_LINGERING = 256  # refused connections lingering at once; past it, refusals close at once
 
 
@@ -81,8 +85,8 @@ class TLSServer(asyncio.Protocol):
             raise
 
     def data_received(self, data: bytes) -> None:
-        if self._refused or self._lost:
-            return  # lingering after a refusal: dropped
+        if self._refused or self._closing or self._lost:
+            return  # lingering after a refusal or a close: dropped
         self._incoming.write(data)
         if not self._open:
             if self._handshake is not None and not self._handshake.done():
@@ -92,7 +96,7 @@ class TLSServer(asyncio.Protocol):
         self._deliver()
 
     def eof_received(self) -> bool:
-        if self._refused:
+        if self._refused or self._closing:
             return False  # the peer is done too: close now
         if not self._open:
             self._fail_handshake(ConnectionResetError("connection closed during the TLS handshake"))
@@ -146,9 +150,7 @@ class TLSServer(asyncio.Protocol):
         raw = self._raw
         assert raw is not None
         self._flush()
-        if raw.can_write_eof() and self._lingering.count < self._lingering.limit:
-            self._lingering.count += 1
-            self._counted = True
+        if raw.can_write_eof() and self._linger():
             raw.write_eof()
             asyncio.get_running_loop().call_later(LINGER_S, raw.close)
         else:
@@ -203,16 +205,33 @@ class TLSServer(asyncio.Protocol):
         self._flush()
 
     def _close(self) -> None:
-        """close_notify, then close the socket once what is written has gone."""
+        """close_notify and FIN once what is written has gone; then drop what the peer still
+        sends until it closes too (at most CLOSE_LINGER_S): a caller still sending a body the
+        broker refused unread must get to read the refusal, not a reset (as asyncio's own SSL
+        layer does while it waits for the peer's close_notify)."""
         if self._closing:
             return
         self._closing = True
+        raw = self._raw
         if self._open:
             with contextlib.suppress(ssl.SSLError):
                 self._ssl.unwrap()  # writes close_notify; the peer's is not awaited
             self._flush()
-        if self._raw is not None:
-            self._raw.close()
+        if raw is None:
+            return
+        if self._open and not self._lost and raw.can_write_eof() and self._linger():
+            raw.write_eof()
+            asyncio.get_running_loop().call_later(CLOSE_LINGER_S, raw.close)
+        else:
+            raw.close()
+
+    def _linger(self) -> bool:
+        """Take a place among the lingering connections, if one is free."""
+        if self._lingering.count >= self._lingering.limit:
+            return False
+        self._lingering.count += 1
+        self._counted = True
+        return True
 
     def _abort(self, exc: Exception | None = None) -> None:
         self._closing = True
