@@ -151,8 +151,7 @@ class TLSServer(asyncio.Protocol):
         assert raw is not None
         self._flush()
         if raw.can_write_eof() and self._linger():
-            raw.write_eof()
-            asyncio.get_running_loop().call_later(LINGER_S, raw.close)
+            self._shut_then_close(raw, LINGER_S)
         else:
             raw.close()
         self._fail_handshake(exc)
@@ -220,10 +219,18 @@ class TLSServer(asyncio.Protocol):
         if raw is None:
             return
         if self._open and not self._lost and raw.can_write_eof() and self._linger():
-            raw.write_eof()
-            asyncio.get_running_loop().call_later(CLOSE_LINGER_S, raw.close)
+            self._shut_then_close(raw, CLOSE_LINGER_S)
         else:
             raw.close()
+
+    def _shut_then_close(self, raw: asyncio.Transport, linger_s: float) -> None:
+        """FIN now (after what is buffered), the socket closed within `linger_s` at the latest."""
+        try:
+            raw.write_eof()
+        except OSError:  # the peer is already gone (reset): nothing to wait for
+            raw.close()
+            return
+        asyncio.get_running_loop().call_later(linger_s, raw.close)
 
     def _linger(self) -> bool:
         """Take a place among the lingering connections, if one is free."""
