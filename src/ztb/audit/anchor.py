@@ -24,16 +24,18 @@ import dataclasses
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import orjson
 
 from ztb.audit.checkpoint import Checkpoint, origin_of, parse_notes, sign_checkpoint
 from ztb.audit.keys import SigningKey
 from ztb.audit.merkle import HASH_SIZE, CompactRange, ProofError, consistency_proof, subtree_of
 from ztb.audit.note import ED25519, Note, NoteError, NoteSignature, Verifier, open_note
-from ztb.audit.reader import LogReadError, read_entries
+from ztb.audit.reader import LogReadError, iter_lines
 from ztb.config.broker import BrokerConfig
 from ztb.config.errors import ConfigError
 
@@ -107,18 +109,63 @@ def append_durably(path: Path, data: bytes) -> None:
             os.close(dir_fd)
 
 
-def read_leaves(log_dir: Path) -> list[bytes]:
-    """The leaf hash of every whole entry of one log, in order (a torn tail is not an entry)."""
-    leaves: list[bytes] = []
+def iter_leaves(log_dir: Path) -> Iterator[bytes]:
+    """The leaf hash of every whole entry of one log, in order (a torn tail is not an entry),
+    with one segment in memory at a time."""
+    count = 0
     try:
-        for entry in read_entries(sorted(log_dir.glob("*.jsonl"))):
+        for line in iter_lines(sorted(log_dir.glob("*.jsonl"))):
+            # Only `seq` and `hash` are read here (judging every line is the verifier's task), so
+            # the fast parser will do: a line it cannot parse is damaged either way.
+            entry = orjson.loads(line.data)
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{log_dir}: entry {count} is damaged; run `ztb audit verify`")
             stated = entry.get("hash")
-            if entry.get("seq") != len(leaves) or not isinstance(stated, str):
-                raise ConfigError(f"{log_dir}: entry {len(leaves)} is damaged; run `ztb audit verify`")
-            leaves.append(bytes.fromhex(stated.removeprefix("sha256:")))
+            if entry.get("seq") != count or not isinstance(stated, str):
+                raise ConfigError(f"{log_dir}: entry {count} is damaged; run `ztb audit verify`")
+            yield bytes.fromhex(stated.removeprefix("sha256:"))
+            count += 1
     except (LogReadError, ValueError) as exc:
         raise ConfigError(f"{log_dir}: {exc}") from None
-    return leaves
+
+
+def read_leaves(log_dir: Path) -> list[bytes]:
+    """Every leaf hash of one log, in memory (32 bytes an entry)."""
+    return list(iter_leaves(log_dir))
+
+
+@dataclass
+class _Scan:
+    """One pass over a log: its tree, the root at one size, and the leaves from some size on."""
+
+    tree: CompactRange
+    root_at: bytes | None  # the root at the size asked for, None if the log is shorter
+    window: _Window
+
+
+def _scan(log_dir: Path, root_size: int | None, keep_from: int, max_window: int | None) -> _Scan:
+    """Read the log once, keeping O(log n) of the tree and the leaves from `keep_from` on (at
+    most the last `max_window` of them, when given, the rest folded into the window's edge)."""
+    tree = CompactRange()
+    root_at = tree.root() if root_size == 0 else None
+    edge: CompactRange | None = tree.copy() if keep_from == 0 else None
+    kept = bytearray()
+    fold = None if max_window is None else 2 * max_window * HASH_SIZE
+    for leaf in iter_leaves(log_dir):
+        tree.append(leaf)
+        if tree.size == root_size:
+            root_at = tree.root()
+        if edge is not None:
+            kept += leaf
+            if fold is not None and len(kept) > fold:  # past twice the bound: fold half into the edge
+                cut = len(kept) - fold // 2
+                edge.extend([bytes(kept[i : i + HASH_SIZE]) for i in range(0, cut, HASH_SIZE)])
+                del kept[:cut]
+        elif tree.size == keep_from:
+            edge = tree.copy()
+    window = _Window(edge if edge is not None else tree.copy(), [])
+    window.data = kept
+    return _Scan(tree, root_at, window)
 
 
 def read_notes(path: Path) -> list[Note]:
@@ -277,50 +324,56 @@ class Anchor:
 
     async def start(self, next_seq: int) -> None:
         """Rebuild the tree from the log on disk (which must hold `next_seq` entries and agree with
-        every checkpoint already signed), then start the schedule."""
-        leaves = await asyncio.to_thread(read_leaves, self.log_dir)
-        if len(leaves) != next_seq:
-            raise ConfigError(f"{self.log_dir}: the log holds {len(leaves)} entries, expected {next_seq}")
+        every checkpoint already signed), then start the schedule. One pass over the log, one
+        segment in memory at a time: the tree's right edge, the root at the latest signed size,
+        and only the leaves a witness may still need a proof over."""
         own = await asyncio.to_thread(read_notes, self.notes_dir / LOG_NOTES)
         cosigned = await asyncio.to_thread(read_notes, self.notes_dir / COSIGNED_NOTES)
         latest = largest_signed([*own, *cosigned], self.verifier)
-        if latest is not None:
-            self._check_log_holds(latest, leaves)
-            self.latest = (latest, sign_checkpoint(latest, self._key))
-        for state in self._states:
-            state.acked = await self._resume_size(state.sink, cosigned, leaves)
-        self.tree.extend(leaves)
-        base = min(
-            [state.acked for state in self._states if state.sink.verifier is not None] or [len(leaves)]
+        resumed = [await self._resume_size(state.sink, cosigned) for state in self._states]
+        proving = [size for size, state in zip(resumed, self._states, strict=True) if state.sink.verifier]
+        scan = await asyncio.to_thread(
+            _scan,
+            self.log_dir,
+            None if latest is None else latest.size,
+            min(proving or [next_seq]),
+            MAX_WINDOW,
         )
-        edge = CompactRange()
-        edge.extend(leaves[:base])
-        self._window = _Window(edge, leaves[base:])
+        if scan.tree.size != next_seq:
+            raise ConfigError(f"{self.log_dir}: the log holds {scan.tree.size} entries, expected {next_seq}")
+        if latest is not None:
+            self._check_log_holds(latest, scan)
+            self.latest = (latest, sign_checkpoint(latest, self._key))
+        for state, size in zip(self._states, resumed, strict=True):
+            state.acked = 0 if size > scan.tree.size else size  # a sink ahead of this log starts over
+        self.tree = scan.tree
+        self._window = scan.window
         now = self._clock()
-        self._grown.append((len(leaves), now))
+        self._grown.append((self.tree.size, now))
         self._latest_at = now
         self._task = asyncio.create_task(self._run(), name=f"anchor-{self.origin}")
 
-    def _check_log_holds(self, latest: Checkpoint, leaves: list[bytes]) -> None:
-        if latest.size > len(leaves):
+    def _check_log_holds(self, latest: Checkpoint, scan: _Scan) -> None:
+        if latest.size > scan.tree.size:
             raise ConfigError(
-                f"{self.log_dir}: the log holds {len(leaves)} entries but checkpoint {latest.size} was signed: "
+                f"{self.log_dir}: the log holds {scan.tree.size} entries but checkpoint {latest.size} was signed: "
                 "entries were removed; run `ztb audit verify`"
             )
-        if subtree_of(leaves)(0, latest.size) != latest.root:
+        if scan.root_at != latest.root:
             raise ConfigError(
                 f"{self.log_dir}: the first {latest.size} entries do not match the checkpoint signed for them; "
                 "run `ztb audit verify`"
             )
 
-    async def _resume_size(self, sink: Sink, cosigned: list[Note], leaves: list[bytes]) -> int:
+    async def _resume_size(self, sink: Sink, cosigned: list[Note]) -> int:
+        """The largest size `sink` took a checkpoint at, by the notes it or the log keeps."""
         if sink.verifier is not None:
             best = largest_signed(cosigned, self.verifier, sink.verifier)
         elif isinstance(sink, FileSink):
             best = largest_signed(await asyncio.to_thread(read_notes, sink.path), self.verifier)
         else:
             best = None
-        return 0 if best is None or best.size > len(leaves) else best.size
+        return 0 if best is None else best.size
 
     async def close(self, *, final: bool = True) -> None:
         """Stop the schedule; with `final`, first anchor everything durable (bounded in time)."""
@@ -426,10 +479,12 @@ class Anchor:
             return self._window.consistency(old, new)
         except KeyError:
             pass
-        leaves = (await asyncio.to_thread(read_leaves, self.log_dir))[:new]
-        if len(leaves) < new:
+        # A sink further behind than the window: one pass over the log, keeping the leaves from
+        # its size on (32 bytes for each entry it lags by).
+        scan = await asyncio.to_thread(_scan, self.log_dir, None, old, None)
+        if scan.tree.size < new:
             raise ProofError(f"the log on disk holds fewer than {new} entries")
-        return consistency_proof(old, new, subtree_of(leaves))
+        return scan.window.consistency(old, new)
 
     def _trim(self) -> None:
         anchored = [state.acked for state in self._states]

@@ -22,6 +22,7 @@ __all__ = [
     "LogReadError",
     "TornTail",
     "find_logs",
+    "iter_lines",
     "parse_line",
     "read_entries",
     "read_lines",
@@ -90,28 +91,37 @@ def _segments(folder: Path) -> list[Path]:
     return sorted(path for path in folder.glob(SEGMENT_GLOB) if path.is_file())
 
 
-def read_lines(segments: list[Path]) -> tuple[list[Line], TornTail | None]:
-    """Every whole line of the log, in order, and the torn tail of the last segment if any.
+def iter_lines(segments: list[Path], torn: list[TornTail] | None = None) -> Iterator[Line]:
+    """Every whole line of the log, in order, with one segment in memory at a time; the torn
+    tail of the last segment, if any, is appended to `torn` (when given) instead.
 
     An unterminated line at the end of an earlier segment is returned as a line: only the
     log's very end can be an interrupted write.
     """
-    lines: list[Line] = []
-    torn: TornTail | None = None
     for index, segment in enumerate(segments):
         try:
             data = segment.read_bytes()
         except OSError as exc:
             raise LogReadError(f"{segment}: cannot read: {exc.strerror or exc}") from None
         parts = data.split(b"\n")
+        del data
         tail = parts.pop()  # b"" when the segment ends with a newline
-        lines.extend(Line(segment, number, part) for number, part in enumerate(parts, start=1))
+        for number, part in enumerate(parts, start=1):
+            yield Line(segment, number, part)
         if tail:
             if index == len(segments) - 1:
-                torn = TornTail(segment, len(parts) + 1, len(tail))
+                if torn is not None:
+                    torn.append(TornTail(segment, len(parts) + 1, len(tail)))
             else:
-                lines.append(Line(segment, len(parts) + 1, tail, terminated=False))
-    return lines, torn
+                yield Line(segment, len(parts) + 1, tail, terminated=False)
+
+
+def read_lines(segments: list[Path]) -> tuple[list[Line], TornTail | None]:
+    """Every whole line of the log, in order, and the torn tail of the last segment if any
+    (all in memory: `iter_lines` reads one segment at a time)."""
+    torn: list[TornTail] = []
+    lines = list(iter_lines(segments, torn))
+    return lines, torn[0] if torn else None
 
 
 def parse_line(data: bytes) -> dict[str, object] | None:
@@ -128,9 +138,9 @@ def _refuse_constant(name: str) -> object:
 
 
 def read_entries(segments: list[Path]) -> Iterator[dict[str, object]]:
-    """The entries of one log in order; a torn tail is skipped (`read_lines` reports it)."""
-    lines, _ = read_lines(segments)
-    for line in lines:
+    """The entries of one log in order, one segment in memory at a time; a torn tail is skipped
+    (`read_lines` reports it)."""
+    for line in iter_lines(segments):
         entry = parse_line(line.data)
         if entry is None:
             raise LogReadError(f"{line.segment}:{line.number}: not a JSON object; run `ztb audit verify`")
