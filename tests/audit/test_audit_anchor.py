@@ -202,6 +202,35 @@ def test_restart_resumes_from_the_cosigned_size(by_count: AnchoredStack) -> None
     assert_every_checkpoint_matches_the_log(by_count)
 
 
+def test_a_restart_resumes_from_the_edge_saved_at_the_last_checkpoint(by_count: AnchoredStack) -> None:
+    """A start reads only from the saved right edge on, once a checkpoint this key signed vouches
+    for it (its root), and the tree it continues is the log's own: every later checkpoint matches."""
+    allowed_calls(by_count, 2)
+    by_count.stop_broker()  # a last checkpoint of everything, and the edge saved with it
+    saved = json.loads((by_count.checkpoints_dir / "tree.json").read_text())
+    assert saved["size"] == max(by_count.sizes("checkpoints.notes")) == len(read_leaves(by_count.log_dir))
+    by_count.start_broker()
+    assert by_count.broker is not None and by_count.broker.anchor.resumed_from == saved["size"]
+    allowed_calls(by_count, 2)
+    by_count.stop_broker()
+    assert max(by_count.sizes()) == len(read_leaves(by_count.log_dir)) > saved["size"]
+    assert_every_checkpoint_matches_the_log(by_count)
+
+
+def test_a_saved_edge_no_signed_checkpoint_vouches_for_is_not_used(by_count: AnchoredStack) -> None:
+    allowed_calls(by_count, 2)
+    by_count.stop_broker()
+    path = by_count.checkpoints_dir / "tree.json"
+    saved = json.loads(path.read_text())
+    saved["nodes"][0] = "00" * 32  # another tree head: no checkpoint has its root
+    path.write_text(json.dumps(saved))
+    by_count.start_broker()
+    assert by_count.broker is not None and by_count.broker.anchor.resumed_from is None  # read it all
+    allowed_calls(by_count, 1)
+    by_count.stop_broker()
+    assert_every_checkpoint_matches_the_log(by_count)
+
+
 def test_a_witness_restored_from_an_old_backup_is_caught_up_from_the_log(by_count: AnchoredStack) -> None:
     """The witness answers 409 with a size below the leaves the broker kept: the proof is built
     from the log on disk."""

@@ -13,9 +13,17 @@ from pathlib import Path
 import pytest
 from auditlog_builder import make_lines, write_log
 
-from ztb.audit.anchor import _scan, iter_leaves, read_leaves
+from ztb.audit.anchor import (
+    _NoResume,
+    _resume,
+    _scan,
+    iter_leaves,
+    load_tree_state,
+    read_leaves,
+    save_tree_state,
+)
 from ztb.audit.keys import SigningKey
-from ztb.audit.merkle import consistency_proof, subtree_of
+from ztb.audit.merkle import CompactRange, consistency_proof, subtree_of
 from ztb.config.errors import ConfigError
 
 
@@ -67,3 +75,62 @@ def test_a_damaged_line_stops_the_scan_with_a_clear_error(tmp_path: Path) -> Non
     write_log(tmp_path / "broker-b", lines)
     with pytest.raises(ConfigError, match="broker-b"):
         list(iter_leaves(tmp_path / "broker-b"))
+
+
+# -- resuming from a saved right edge (`anchor._resume`) ------------------------------------------
+
+
+def _saved(folder: Path, leaves: list[bytes], size: int) -> tuple[CompactRange, str]:
+    edge = CompactRange()
+    edge.extend(leaves[:size])
+    return edge, "sha256:" + leaves[size - 1].hex()
+
+
+@pytest.mark.parametrize("size", [1, 2, 30, 31, 32, 33, 61, 62, 100, 122, 123])
+def test_resuming_gives_what_a_whole_pass_gives(log: tuple[Path, list[bytes]], size: int) -> None:
+    """From every kind of place: the first entry, a segment's first or last line, the log's end
+    (123 entries in 4 segments of 31, 31, 31 and 30 lines)."""
+    folder, leaves = log
+    edge, tail = _saved(folder, leaves, size)
+    resumed = _resume(folder, edge, tail, 123, max(size, 110))
+    whole = _scan(folder, 123, max(size, 110), 1 << 20)
+    assert resumed.tree.root() == whole.tree.root() and resumed.tree.size == 123
+    assert resumed.root_at == whole.root_at == subtree_of(leaves)(0, 123)
+    assert (resumed.window.base, resumed.window.data) == (whole.window.base, whole.window.data)
+    assert resumed.tail_hash == whole.tail_hash == "sha256:" + leaves[-1].hex()
+
+
+def test_a_saved_state_the_log_does_not_continue_is_not_resumed(log: tuple[Path, list[bytes]]) -> None:
+    folder, leaves = log
+    edge, _ = _saved(folder, leaves, 40)
+    with pytest.raises(_NoResume):
+        _resume(folder, edge, "sha256:" + "00" * 32, 123, 123)  # entry 39 is another one
+    beyond, _ = _saved(folder, [*leaves, b"\x07" * 32], 124)
+    with pytest.raises(_NoResume):
+        _resume(folder, beyond, "sha256:" + "07" * 32, 123, 124)  # the log stops before it
+
+
+def test_a_damaged_line_before_the_resume_point_gives_up_resuming(tmp_path: Path) -> None:
+    lines = make_lines(SigningKey.generate(), calls=10)
+    folder = tmp_path / "broker-a"
+    write_log(folder, lines)
+    leaves = read_leaves(folder)
+    lines[3] = b"{damaged\n"  # in the segment the resume point lies in, before it
+    write_log(folder, lines)
+    edge, tail = _saved(folder, leaves, 10)
+    with pytest.raises(_NoResume):
+        _resume(folder, edge, tail, 10, 10)
+
+
+def test_the_tree_state_file_round_trips_and_refuses_what_is_not_one(tmp_path: Path) -> None:
+    edge = CompactRange()
+    edge.extend([bytes([n]) * 32 for n in range(13)])
+    path = tmp_path / "tree.json"
+    save_tree_state(path, edge, "sha256:" + "ab" * 32)
+    loaded = load_tree_state(path)
+    assert loaded is not None and loaded[0].nodes == edge.nodes and loaded[0].size == 13
+    assert loaded[1] == "sha256:" + "ab" * 32
+    for broken in (b"", b"{}", b'{"size": 13, "nodes": ["00"], "tail_hash": "x"}', b"[1]"):
+        path.write_bytes(broken)
+        assert load_tree_state(path) is None
+    assert load_tree_state(tmp_path / "absent.json") is None

@@ -13,7 +13,10 @@ since (kept in memory while a sink lags, read back from the log when they are no
 A failing sink never stops calls: it is retried, its lag (how long the oldest durable entry it
 has not anchored has waited) is measured, and past `max_lag_s` the broker reports not-ready.
 On start it refuses a log that is shorter than, or differs from, a checkpoint it already signed:
-signing a new head for it would fork the log. It never knows about HTTP.
+signing a new head for it would fork the log. The start reads the log once, one segment at a
+time, or, when the right edge saved at the last checkpoint (`checkpoints/tree.json`) is vouched
+for by a checkpoint this key signed and the log continues it, only from there on
+(docs/operations.md, "What a start costs"). It never knows about HTTP.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ __all__ = [
 CHECKPOINTS_DIR = "checkpoints"
 LOG_NOTES = "checkpoints.notes"
 COSIGNED_NOTES = "cosigned.notes"
+TREE_STATE = "tree.json"  # the tree's right edge at the latest checkpoint: where a start resumes
 MAX_WINDOW = 1 << 20  # leaves kept for lagging witnesses (32 MiB); past that the log is re-read
 RETRY_S = 1.0
 FINAL_TIMEOUT_S = 5.0
@@ -112,21 +116,46 @@ def append_durably(path: Path, data: bytes) -> None:
 def iter_leaves(log_dir: Path) -> Iterator[bytes]:
     """The leaf hash of every whole entry of one log, in order (a torn tail is not an entry),
     with one segment in memory at a time."""
-    count = 0
+    return _leaves(log_dir, sorted(log_dir.glob("*.jsonl")), 0)
+
+
+class _NoResume(Exception):
+    """The log on disk does not continue the saved tree state (a start then reads it all)."""
+
+
+def _leaves(log_dir: Path, segments: list[Path], first: int, tail_hash: str | None = None) -> Iterator[bytes]:
+    """The leaf hashes of the entries from seq `first` on, read from `segments` (which must
+    begin at or before it). With `tail_hash`, entry `first - 1` must be there with that hash,
+    or `_NoResume` is raised."""
+    seeking = tail_hash is not None  # still looking for entry first - 1
+    expected = first - 1 if seeking else first
     try:
-        for line in iter_lines(sorted(log_dir.glob("*.jsonl"))):
+        for line in iter_lines(segments):
             # Only `seq` and `hash` are read here (judging every line is the verifier's task), so
             # the fast parser will do: a line it cannot parse is damaged either way.
-            entry = orjson.loads(line.data)
-            if not isinstance(entry, dict):
-                raise ConfigError(f"{log_dir}: entry {count} is damaged; run `ztb audit verify`")
-            stated = entry.get("hash")
-            if entry.get("seq") != count or not isinstance(stated, str):
-                raise ConfigError(f"{log_dir}: entry {count} is damaged; run `ztb audit verify`")
-            yield bytes.fromhex(stated.removeprefix("sha256:"))
-            count += 1
+            try:
+                entry = orjson.loads(line.data)
+            except ValueError:
+                if seeking:
+                    raise _NoResume(f"{line.segment.name}:{line.number} is not an entry") from None
+                raise
+            seq = entry.get("seq") if isinstance(entry, dict) else None
+            stated = entry.get("hash") if isinstance(entry, dict) else None
+            if seeking:
+                if isinstance(seq, int) and seq < expected:
+                    continue  # before the resume point, in the segment where it lies
+                if seq != expected or stated != tail_hash:
+                    raise _NoResume(f"entry {expected} is not the one the saved tree state ends with")
+                seeking = False
+            elif seq != expected or not isinstance(stated, str):
+                raise ConfigError(f"{log_dir}: entry {expected} is damaged; run `ztb audit verify`")
+            else:
+                yield bytes.fromhex(stated.removeprefix("sha256:"))
+            expected += 1
     except (LogReadError, ValueError) as exc:
         raise ConfigError(f"{log_dir}: {exc}") from None
+    if seeking:
+        raise _NoResume(f"the log does not reach entry {expected}")
 
 
 def read_leaves(log_dir: Path) -> list[bytes]:
@@ -141,17 +170,30 @@ class _Scan:
     tree: CompactRange
     root_at: bytes | None  # the root at the size asked for, None if the log is shorter
     window: _Window
+    tail_hash: str | None  # the last entry's hash, None when no entry was read
 
 
 def _scan(log_dir: Path, root_size: int | None, keep_from: int, max_window: int | None) -> _Scan:
-    """Read the log once, keeping O(log n) of the tree and the leaves from `keep_from` on (at
-    most the last `max_window` of them, when given, the rest folded into the window's edge)."""
-    tree = CompactRange()
-    root_at = tree.root() if root_size == 0 else None
-    edge: CompactRange | None = tree.copy() if keep_from == 0 else None
+    """Read the whole log once, keeping O(log n) of the tree and the leaves from `keep_from` on
+    (at most the last `max_window` of them, when given, the rest folded into the window's edge)."""
+    return _grow(CompactRange(), iter_leaves(log_dir), root_size, keep_from, max_window)
+
+
+def _grow(
+    tree: CompactRange,
+    leaves: Iterator[bytes],
+    root_size: int | None,
+    keep_from: int,
+    max_window: int | None,
+) -> _Scan:
+    """`_scan` from a tree that already holds `tree.size` leaves (`keep_from` not below it)."""
+    root_at = tree.root() if root_size == tree.size else None
+    edge: CompactRange | None = tree.copy() if keep_from == tree.size else None
     kept = bytearray()
     fold = None if max_window is None else 2 * max_window * HASH_SIZE
-    for leaf in iter_leaves(log_dir):
+    last: bytes | None = None
+    for leaf in leaves:
+        last = leaf
         tree.append(leaf)
         if tree.size == root_size:
             root_at = tree.root()
@@ -165,7 +207,65 @@ def _scan(log_dir: Path, root_size: int | None, keep_from: int, max_window: int 
             edge = tree.copy()
     window = _Window(edge if edge is not None else tree.copy(), [])
     window.data = kept
-    return _Scan(tree, root_at, window)
+    return _Scan(tree, root_at, window, None if last is None else "sha256:" + last.hex())
+
+
+def _resume(log_dir: Path, saved: CompactRange, tail_hash: str, root_size: int, keep_from: int) -> _Scan:
+    """`_scan` from a saved right edge: only the segment where it ends and the later ones are
+    read. `_NoResume` when the log does not continue it there."""
+    segments = sorted(log_dir.glob("*.jsonl"))
+    start = 0
+    for index, segment in enumerate(segments):  # the last segment beginning at or before the tail
+        first = _first_seq(segment)
+        if first is not None and first <= saved.size - 1:
+            start = index
+        elif first is not None:
+            break
+    leaves = _leaves(log_dir, segments[start:], saved.size, tail_hash)
+    scan = _grow(saved.copy(), leaves, root_size, keep_from, MAX_WINDOW)
+    scan.tail_hash = scan.tail_hash or tail_hash  # nothing after the saved state: its tail
+    return scan
+
+
+def _first_seq(segment: Path) -> int | None:
+    try:
+        with segment.open("rb") as handle:
+            entry = orjson.loads(handle.readline())
+    except (OSError, ValueError):
+        return None
+    seq = entry.get("seq") if isinstance(entry, dict) else None
+    return seq if isinstance(seq, int) else None
+
+
+def save_tree_state(path: Path, edge: CompactRange, tail_hash: str) -> None:
+    """Replace `path`, atomically and durably, with the tree's right edge and its last entry's hash."""
+    data = orjson.dumps(
+        {"size": edge.size, "nodes": [node.hex() for node in edge.nodes], "tail_hash": tail_hash}
+    )
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_tree_state(path: Path) -> tuple[CompactRange, str] | None:
+    """The saved right edge and tail hash; None when there is none or it is not one."""
+    try:
+        saved = orjson.loads(path.read_bytes())
+        edge = CompactRange.restore(int(saved["size"]), [bytes.fromhex(node) for node in saved["nodes"]])
+        tail_hash = saved["tail_hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (edge, tail_hash) if isinstance(tail_hash, str) and edge.size > 0 else None
 
 
 def read_notes(path: Path) -> list[Note]:
@@ -306,6 +406,8 @@ class Anchor:
         self._clock = clock
         self._on_failure = on_failure
         self.tree = CompactRange()
+        self._tail_hash: str | None = None  # the hash of the tree's last leaf's entry
+        self.resumed_from: int | None = None  # the saved size the last start resumed from, if any
         self._window = _Window(CompactRange(), [])
         self._grown: deque[tuple[int, float]] = deque()  # (tree size after a batch, when it was durable)
         self.latest: tuple[Checkpoint, Note] | None = None
@@ -332,13 +434,13 @@ class Anchor:
         latest = largest_signed([*own, *cosigned], self.verifier)
         resumed = [await self._resume_size(state.sink, cosigned) for state in self._states]
         proving = [size for size, state in zip(resumed, self._states, strict=True) if state.sink.verifier]
-        scan = await asyncio.to_thread(
-            _scan,
-            self.log_dir,
-            None if latest is None else latest.size,
-            min(proving or [next_seq]),
-            MAX_WINDOW,
-        )
+        keep_from = min(proving or [next_seq])
+        scan = await self._read_from_saved(latest, own, keep_from)
+        if scan is None:
+            self.resumed_from = None
+            scan = await asyncio.to_thread(
+                _scan, self.log_dir, None if latest is None else latest.size, keep_from, MAX_WINDOW
+            )
         if scan.tree.size != next_seq:
             raise ConfigError(f"{self.log_dir}: the log holds {scan.tree.size} entries, expected {next_seq}")
         if latest is not None:
@@ -347,11 +449,45 @@ class Anchor:
         for state, size in zip(self._states, resumed, strict=True):
             state.acked = 0 if size > scan.tree.size else size  # a sink ahead of this log starts over
         self.tree = scan.tree
+        self._tail_hash = scan.tail_hash
         self._window = scan.window
         now = self._clock()
         self._grown.append((self.tree.size, now))
         self._latest_at = now
         self._task = asyncio.create_task(self._run(), name=f"anchor-{self.origin}")
+
+    async def _read_from_saved(
+        self, latest: Checkpoint | None, own: list[Note], keep_from: int
+    ) -> _Scan | None:
+        """The log read from the right edge saved at a checkpoint this key signed (the edge's root
+        is that checkpoint's), when the log continues it: entry `size - 1` is where the saved
+        state says, with the hash it says. None to read the whole log instead."""
+        saved = await asyncio.to_thread(load_tree_state, self.notes_dir / TREE_STATE)
+        if saved is None or latest is None:
+            return None
+        edge, tail_hash = saved
+        if edge.size > keep_from or not self._vouched(edge, own):
+            return None
+        try:
+            scan = await asyncio.to_thread(_resume, self.log_dir, edge, tail_hash, latest.size, keep_from)
+        except _NoResume:
+            return None
+        self.resumed_from = edge.size
+        return scan
+
+    def _vouched(self, edge: CompactRange, notes: Sequence[Note]) -> bool:
+        """True when one of `notes` is a checkpoint this key signed of exactly this tree head."""
+        root = edge.root()
+        for note in reversed(notes):
+            try:
+                checkpoint = Checkpoint.from_text(note.text)
+                if (checkpoint.origin, checkpoint.size, checkpoint.root) != (self.origin, edge.size, root):
+                    continue
+                if self.verifier in open_note(note, [self.verifier]):
+                    return True
+            except NoteError:
+                continue
+        return False
 
     def _check_log_holds(self, latest: Checkpoint, scan: _Scan) -> None:
         if latest.size > scan.tree.size:
@@ -407,6 +543,7 @@ class Anchor:
             leaf = bytes.fromhex(entry_hash.removeprefix("sha256:"))
             self.tree.append(leaf)
             self._window.append(leaf)
+            self._tail_hash = entry_hash
         self._grown.append((self.tree.size, self._clock()))
         if self.tree.size - self._anchored_size() >= self._every_entries:
             self._wake.set()
@@ -445,6 +582,7 @@ class Anchor:
 
     async def _checkpoint(self) -> None:
         checkpoint = Checkpoint(self.origin, self.tree.size, self.tree.root())
+        edge, tail_hash = self.tree.copy(), self._tail_hash
         note = sign_checkpoint(checkpoint, self._key)
         try:
             await asyncio.to_thread(
@@ -456,6 +594,11 @@ class Anchor:
         self.error = None
         self.latest = (checkpoint, note)
         self._latest_at = self._clock()
+        if tail_hash is not None:
+            # Where the next start resumes; without it (it could not be written), a start reads
+            # the whole log, which is slower and just as sound.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(save_tree_state, self.notes_dir / TREE_STATE, edge, tail_hash)
 
     async def _publish(self, state: _SinkState, checkpoint: Checkpoint, note: Note) -> None:
         try:

@@ -90,6 +90,22 @@ class CompactRange:
         other._nodes = list(self._nodes)
         return other
 
+    @property
+    def nodes(self) -> tuple[bytes, ...]:
+        """The edge's nodes, largest first: with `size`, all `restore` needs."""
+        return tuple(self._nodes)
+
+    @classmethod
+    def restore(cls, size: int, nodes: Sequence[bytes]) -> CompactRange:
+        """The right edge of a tree of `size` leaves from its `nodes`; ValueError when they
+        cannot be one (one node per set bit of `size`, each a hash)."""
+        if size < 0 or len(nodes) != bin(size).count("1") or any(len(n) != HASH_SIZE for n in nodes):
+            raise ValueError(f"not the right edge of a tree of size {size}")
+        edge = cls()
+        edge._size = size
+        edge._nodes = [bytes(n) for n in nodes]
+        return edge
+
     def append(self, leaf: bytes) -> None:
         if len(leaf) != HASH_SIZE:
             raise ValueError(f"a leaf hash has {HASH_SIZE} bytes, not {len(leaf)}")
