@@ -4,15 +4,18 @@ decides)."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ztb.audit.entry import body_of
+from ztb.audit.entry import ZERO_HASH, body_of
 from ztb.audit.jcs import canonicalize
-from ztb.audit.verify import _quick_canonical
+from ztb.audit.verify import _Hashes, _Places, _quick_canonical
 
 SCALARS = (
     st.none()
@@ -56,3 +59,33 @@ def test_quick_path_reads_canonical_lines_exactly(entry: dict[str, Any]) -> None
     quick = _quick_canonical(line)
     if quick is not None:
         assert quick[0] == entry
+
+
+def test_the_verifiers_compact_stores_answer_like_lists() -> None:
+    """`_Hashes` (32 bytes an entry) and `_Places` (runs of lines) stand in for lists of every
+    entry's hash and place; they must answer exactly as those lists would."""
+    hashes, places = _Hashes(), _Places()
+    as_lists: tuple[list[str], list[tuple[Path, int]]] = ([], [])
+    layout = [
+        (Path("000001.jsonl"), range(1, 6)),
+        (Path("000002.jsonl"), range(1, 4)),
+        (Path("000002.jsonl"), range(7, 9)),
+        (Path("000003.jsonl"), range(2, 3)),
+    ]
+    for segment, lines in layout:
+        for line in lines:
+            entry_hash = "sha256:" + hashlib.sha256(f"{segment}{line}".encode()).hexdigest()
+            hashes.append(entry_hash)
+            places.append((segment, line))
+            as_lists[0].append(entry_hash)
+            as_lists[1].append((segment, line))
+    assert len(hashes) == len(places) == len(as_lists[0]) == 11 and hashes.last == as_lists[0][-1]
+    assert [hashes[i] for i in range(11)] == as_lists[0]
+    assert [places[i] for i in range(11)] == as_lists[1] and places[-1] == as_lists[1][-1]
+    with pytest.raises(IndexError):
+        hashes[11]
+    with pytest.raises(IndexError):
+        places[11]
+    with pytest.raises(ValueError):
+        hashes.append("sha256:" + "AB" * 32)  # not the canonical (lowercase) form
+    assert _Hashes().last == ZERO_HASH

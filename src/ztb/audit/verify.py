@@ -16,13 +16,14 @@ call without a result): those are warnings.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import multiprocessing
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from ztb.audit.entry import VERSION, ZERO_HASH, body_of, check_seal
 from ztb.audit.jcs import canonicalize
 from ztb.audit.merkle import CompactRange
 from ztb.audit.note import Note, NoteError, Verifier
-from ztb.audit.reader import LogReadError, TornTail, parse_line, read_lines
+from ztb.audit.reader import LogReadError, TornTail, iter_lines, parse_line
 
 __all__ = ["Anchors", "Break", "Category", "LogReport", "VerifyReport", "verify_logs"]
 
@@ -333,6 +334,72 @@ class _Placed:
     facts: _Facts
 
 
+class _Hashes:
+    """The hashes of the verified entries, index = seq: 32 bytes each (a list of their strings
+    took ~120), so a log of a hundred million entries fits in 3.2 GB."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._last = ZERO_HASH
+
+    def __len__(self) -> int:
+        return len(self._data) // 32
+
+    def __bool__(self) -> bool:
+        return bool(self._data)
+
+    def append(self, entry_hash: str) -> None:
+        digest = bytes.fromhex(entry_hash.removeprefix("sha256:"))
+        if len(digest) != 32 or "sha256:" + digest.hex() != entry_hash:
+            raise ValueError(f"not a canonical entry hash: {entry_hash!r}")
+        self._data += digest
+        self._last = entry_hash
+
+    @property
+    def last(self) -> str:
+        """The last entry's hash; ZERO_HASH before any."""
+        return self._last
+
+    def digest(self, seq: int) -> bytes:
+        return bytes(self._data[seq * 32 : seq * 32 + 32])
+
+    def __getitem__(self, seq: int) -> str:
+        if not 0 <= seq < len(self):
+            raise IndexError(seq)
+        return "sha256:" + self.digest(seq).hex()
+
+
+class _Places:
+    """Where each verified entry stands (segment, line), index = seq, kept as runs of
+    consecutive lines: one run per segment of an intact log."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []  # the seq each run begins with
+        self._runs: list[tuple[Path, int]] = []  # its segment and first line
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, place: tuple[Path, int]) -> None:
+        if self._runs:
+            segment, line = self._runs[-1]
+            if segment == place[0] and line + (self._count - self._starts[-1]) == place[1]:
+                self._count += 1
+                return
+        self._starts.append(self._count)
+        self._runs.append(place)
+        self._count += 1
+
+    def __getitem__(self, seq: int) -> tuple[Path, int]:
+        if not -self._count <= seq < self._count:
+            raise IndexError(seq)
+        seq %= self._count
+        run = bisect.bisect_right(self._starts, seq) - 1
+        segment, line = self._runs[run]
+        return segment, line + seq - self._starts[run]
+
+
 class _LogCheck:
     """One log's lines checked in order against the verified prefix (the chain so far)."""
 
@@ -340,8 +407,8 @@ class _LogCheck:
         self._placed = placed
         self._later: list[_Placed] = []  # the rest of the log, read only to explain a break
         self.lines = 0
-        self.hashes: list[str] = []  # of the verified entries; index = seq
-        self.places: list[tuple[Path, int]] = []  # (segment, line) of the verified entries; index = seq
+        self.hashes = _Hashes()  # of the verified entries; index = seq
+        self.places = _Places()  # (segment, line) of the verified entries; index = seq
         self.broker: object = None
         self.kinds: Counter[str] = Counter()
         self.open_calls: dict[str, int] = {}  # call_id -> seq of an allowed call without result
@@ -374,7 +441,7 @@ class _LogCheck:
             return broken("modified", "seq missing or not an integer")
         if seq != expected:
             return broken(*self._misplaced(seq, entry_hash))
-        if facts.prev_hash != (self.hashes[-1] if self.hashes else ZERO_HASH):
+        if facts.prev_hash != self.hashes.last:
             return broken("forked", "prev_hash does not link to the previous entry's hash")
         kind = facts.kind
         if seq == 0 and kind != "start":
@@ -440,7 +507,7 @@ def _verify_log(
     parallel = pool.count > 1 and size >= PARALLEL_FROM_BYTES
     if parallel:
         try:
-            placed, torn_of = _parallel_facts(segments, trusted_keys, pool.executor())
+            placed, torn_of = _parallel_facts(segments, trusted_keys, pool.executor(), pool.count)
             check = _LogCheck(placed)
             first_break = check.first_break()
             torn = torn_of()
@@ -448,12 +515,13 @@ def _verify_log(
             pool.count = 1
             parallel = False
     if not parallel:
-        lines, torn = read_lines(segments)
+        torn_found: list[TornTail] = []
         check = _LogCheck(
             _Placed(line.segment, line.number, _line_facts(line.data, line.terminated, trusted_keys))
-            for line in lines
+            for line in iter_lines(segments, torn_found)
         )
         first_break = check.first_break()
+        torn = torn_found[0] if torn_found else None
     if check.lines == 0:
         where = segments[-1] if segments else Path(broker)
         first_break = Break(0, where, 1, "truncated", "the log holds no entries")
@@ -570,7 +638,7 @@ class _Workers:
 
 
 def _parallel_facts(
-    segments: list[Path], trusted_keys: dict[str, bytes], pool: ProcessPoolExecutor
+    segments: list[Path], trusted_keys: dict[str, bytes], pool: ProcessPoolExecutor, workers: int
 ) -> tuple[Iterator[_Placed], Callable[[], TornTail | None]]:
     """The lines' facts in log order, computed ahead on the pool; and, once they are all read,
     the torn tail."""
@@ -579,10 +647,23 @@ def _parallel_facts(
     except OSError as exc:
         raise LogReadError(f"cannot read the log: {exc.strerror or exc}") from None
     numbers: dict[Path, int] = {}
-    results = pool.map(_range_facts, ranges, itertools.repeat(trusted_keys), chunksize=1)
+    # A few ranges ahead per worker, not all of them: results wait in memory until the chain
+    # check reaches them, so submitting everything at once held the whole log's facts.
+    ahead = 4 * max(1, workers)
+
+    def results() -> Iterator[list[tuple[object, ...]]]:
+        pending: deque[Future[list[tuple[object, ...]]]] = deque()
+        queued = iter(ranges)
+        for chunk in itertools.islice(queued, ahead):
+            pending.append(pool.submit(_range_facts, chunk, trusted_keys))
+        while pending:
+            facts = pending.popleft().result()
+            for chunk in itertools.islice(queued, 1):
+                pending.append(pool.submit(_range_facts, chunk, trusted_keys))
+            yield facts
 
     def placed() -> Iterator[_Placed]:
-        for chunk, facts in zip(ranges, results, strict=True):
+        for chunk, facts in zip(ranges, results(), strict=True):
             number = numbers.get(chunk.segment, 0)
             for offset, fact in enumerate(facts, start=1):
                 yield _Placed(chunk.segment, number + offset, _Facts._make(fact))
@@ -626,7 +707,7 @@ class _Anchored:
 class _Locator:
     """Where the entry of a seq stands (segment, line), for a break a checkpoint reveals."""
 
-    def __init__(self, places: list[tuple[Path, int]], segments: list[Path]) -> None:
+    def __init__(self, places: _Places, segments: list[Path]) -> None:
         self._places = places
         self._segments = segments
 
@@ -641,7 +722,7 @@ class _Locator:
 
 
 def _check_anchors(
-    broker: str, segments: list[Path], place: _Locator, hashes: list[str], anchors: Anchors
+    broker: str, segments: list[Path], place: _Locator, hashes: _Hashes, anchors: Anchors
 ) -> tuple[Break | None, AnchorReport]:
     log_key = next((key for key in anchors.checkpoint_keys if key.name.endswith("/" + broker)), None)
     if log_key is None:
@@ -707,7 +788,7 @@ def _signed_by(note: Note, key: Verifier) -> bool:
     return bool(matching) and all(key.verify(note.text, sig) for sig in matching)
 
 
-def _compare_roots(place: _Locator, hashes: list[str], anchored: Sequence[_Anchored]) -> Break | None:
+def _compare_roots(place: _Locator, hashes: _Hashes, anchored: Sequence[_Anchored]) -> Break | None:
     """Recompute the root at every anchored size the log reaches; the first mismatch, or the
     largest anchored size beyond the log's end."""
     by_size = sorted(anchored, key=lambda a: a.checkpoint.size)
@@ -718,7 +799,7 @@ def _compare_roots(place: _Locator, hashes: list[str], anchored: Sequence[_Ancho
         if size > len(hashes):
             break
         while tree.size < size:
-            tree.append(bytes.fromhex(hashes[tree.size].removeprefix("sha256:")))
+            tree.append(hashes.digest(tree.size))
         if tree.root() != item.checkpoint.root:
             witnessed = f", cosigned by {', '.join(sorted(item.witnesses))}" if item.witnesses else ""
             return place.at(
