@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ztb.audit.merkle import (
     EMPTY_ROOT,
@@ -16,6 +18,7 @@ from ztb.audit.merkle import (
     ProofError,
     consistency_proof,
     inclusion_proof,
+    inclusion_proof_streamed,
     node_hash,
     root_of,
     subtree_of,
@@ -153,3 +156,25 @@ def test_builders_refuse_impossible_requests() -> None:
         consistency_proof(5, 4, full)
     with pytest.raises(ValueError):
         CompactRange().append(b"short")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=300).flatmap(
+        lambda size: st.tuples(st.just(size), st.integers(0, size - 1))
+    )
+)
+def test_a_streamed_inclusion_proof_is_the_built_one(shape: tuple[int, int]) -> None:
+    size, index = shape
+    leaves = [hashlib.sha256(b"leaf %d" % n).digest() for n in range(size + 3)]  # the log goes on
+    streamed = inclusion_proof_streamed(index, size, iter(leaves))
+    assert streamed.count == size and streamed.leaf == leaves[index]
+    assert streamed.root == root_of(leaves[:size])
+    assert streamed.path == inclusion_proof(index, size, subtree_of(leaves[:size]))
+    verify_inclusion(index, size, leaves[index], streamed.path, streamed.root)
+
+
+def test_a_streamed_proof_over_a_short_log_says_how_short() -> None:
+    leaves = [hashlib.sha256(b"leaf %d" % n).digest() for n in range(5)]
+    streamed = inclusion_proof_streamed(2, 9, iter(leaves))
+    assert (streamed.count, streamed.path) == (5, [])

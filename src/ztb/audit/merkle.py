@@ -13,7 +13,8 @@ empty tree proves nothing), as in transparency-dev/merkle.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 __all__ = [
     "EMPTY_ROOT",
@@ -164,6 +165,45 @@ def inclusion_proof(index: int, size: int, subtree: Subtree) -> list[bytes]:
         return [*path(m - k, start + k, end), subtree(start, start + k)]
 
     return path(index, 0, size)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedInclusion:
+    """What one pass over a log's leaves gives for an inclusion proof."""
+
+    count: int  # leaves read: `size`, or fewer when the log is shorter
+    root: bytes  # of the first `count` leaves
+    leaf: bytes | None  # leaf `index`, if it was reached
+    path: list[bytes]  # the audit path, when count == size
+
+
+def inclusion_proof_streamed(index: int, size: int, leaves: Iterable[bytes]) -> StreamedInclusion:
+    """`inclusion_proof(index, size, ...)` in one pass over the leaves, holding O(log size) hashes
+    instead of every leaf: each hash of the path is the root of one run of consecutive leaves."""
+    wanted: list[tuple[int, int]] = []
+
+    def note(start: int, end: int) -> bytes:  # the path's shape first: which runs it needs
+        wanted.append((start, end))
+        return EMPTY_ROOT
+
+    inclusion_proof(index, size, note)
+    runs = sorted(wanted)  # disjoint: filled in order as the leaves go by
+    found: dict[tuple[int, int], bytes] = {}
+    tree, run, current = CompactRange(), 0, CompactRange()
+    leaf_at: bytes | None = None
+    for position, leaf in enumerate(leaves):
+        if position == size:
+            break
+        tree.append(leaf)
+        if position == index:
+            leaf_at = leaf
+        if run < len(runs) and runs[run][0] <= position:
+            current.append(leaf)
+            if position + 1 == runs[run][1]:
+                found[runs[run]] = current.root()
+                run, current = run + 1, CompactRange()
+    path = [found[span] for span in wanted] if tree.size == size else []
+    return StreamedInclusion(tree.size, tree.root(), leaf_at, path)
 
 
 def consistency_proof(old_size: int, new_size: int, subtree: Subtree) -> list[bytes]:

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ztb.audit.anchor import CHECKPOINTS_DIR, COSIGNED_NOTES, LOG_NOTES, read_leaves, read_notes
+from ztb.audit.anchor import CHECKPOINTS_DIR, COSIGNED_NOTES, LOG_NOTES, iter_leaves, read_notes
 from ztb.audit.checkpoint import Checkpoint
 from ztb.audit.entry import check_seal
 from ztb.audit.keys import kid_of
-from ztb.audit.merkle import ProofError, inclusion_proof, root_of, subtree_of, verify_inclusion
+from ztb.audit.merkle import ProofError, inclusion_proof_streamed, verify_inclusion
 from ztb.audit.note import Note, NoteError, Verifier, open_note
 from ztb.audit.reader import read_entries
 from ztb.config.errors import ConfigError
@@ -174,21 +174,22 @@ def prove_entry(
         needed = " cosigned by " + ", ".join(w.name for w in witness_keys) if witness_keys else ""
         raise ConfigError(f"{log_dir}: no checkpoint{needed} covers seq {seq} yet")
     size, _, note = best
-    leaves = read_leaves(log_dir)
-    if len(leaves) < size:
+    # One pass over the log, O(log size) hashes held (not every leaf).
+    streamed = inclusion_proof_streamed(seq, size, iter_leaves(log_dir))
+    if streamed.count < size:
         raise ConfigError(
-            f"{log_dir}: the log holds {len(leaves)} entries, the checkpoint covers {size}: truncated"
+            f"{log_dir}: the log holds {streamed.count} entries, the checkpoint covers {size}: truncated"
         )
     checkpoint = Checkpoint.from_text(note.text)
-    if root_of(leaves[:size]) != checkpoint.root:
+    if streamed.root != checkpoint.root or streamed.leaf is None:
         raise ConfigError(f"{log_dir}: the first {size} entries do not match the checkpoint's root")
     entry = next(e for index, e in enumerate(read_entries(sorted(log_dir.glob("*.jsonl")))) if index == seq)
     return InclusionProof(
         origin=checkpoint.origin,
         leaf_index=seq,
-        leaf_hash=leaves[seq],
+        leaf_hash=streamed.leaf,
         tree_size=size,
-        path=tuple(inclusion_proof(seq, size, subtree_of(leaves))),
+        path=tuple(streamed.path),
         checkpoint=note,
         entry=entry,
     )
