@@ -22,35 +22,21 @@ def ztb(*args: str | Path) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+def as_checkout(stack: Stack, broker: str | None = None) -> list[str | Path]:
+    """The options that make a command run as svc.checkout of the stack's deployment."""
+    url = broker or f"https://127.0.0.1:{stack.port}"
+    return ["-d", stack.root, "--as", "svc.checkout", "--broker", url]
+
+
 def test_token_prints_a_fresh_token(stack: Stack) -> None:
-    code, out, err = ztb(
-        "token",
-        "-d",
-        stack.root,
-        "--as",
-        "svc.checkout",
-        "--broker",
-        f"https://127.0.0.1:{stack.port}",
-        UPSTREAM,
-        "orders:read",
-    )
+    code, out, err = ztb("token", *as_checkout(stack), UPSTREAM, "orders:read")
     assert code == 0, err
     assert out.startswith("ztb_") and len(out.strip().split("\n")) == 1
 
 
 def test_call_mints_and_calls(stack: Stack) -> None:
     before = len(stack.upstream.received)
-    code, out, err = ztb(
-        "call",
-        "-d",
-        stack.root,
-        "--as",
-        "svc.checkout",
-        "--broker",
-        f"https://127.0.0.1:{stack.port}",
-        "GET",
-        f"/{UPSTREAM}/v1/orders?limit=5",
-    )
+    code, out, err = ztb("call", *as_checkout(stack), "GET", f"/{UPSTREAM}/v1/orders?limit=5")
     assert code == 0, err
     assert out.startswith("HTTP 200\n") and "ztb-call-id: " in out and "ztb-receipt: " in out
     assert len(stack.upstream.received) == before + 1
@@ -86,17 +72,7 @@ def test_a_certificate_the_broker_refuses_is_one_clear_line(stack: Stack, tmp_pa
 
 
 def test_an_unreachable_broker_is_one_clear_line(stack: Stack) -> None:
-    code, out, err = ztb(
-        "token",
-        "-d",
-        stack.root,
-        "--as",
-        "svc.checkout",
-        "--broker",
-        "https://127.0.0.1:1",
-        UPSTREAM,
-        "orders:read",
-    )
+    code, out, err = ztb("token", *as_checkout(stack, "https://127.0.0.1:1"), UPSTREAM, "orders:read")
     assert code == 1 and out == ""
     assert (
         err.startswith("ztb: error: cannot connect to the broker at 127.0.0.1:1: ") and err.count("\n") == 1

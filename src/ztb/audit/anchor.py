@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -41,6 +40,7 @@ from ztb.audit.note import ED25519, Note, NoteError, NoteSignature, Verifier, op
 from ztb.audit.reader import LogReadError, iter_lines
 from ztb.config.broker import BrokerConfig
 from ztb.config.errors import ConfigError
+from ztb.durable import append_durably, replace_durably
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -91,26 +91,6 @@ class SinkStatus:
     lag_s: float
     failures: int
     error: str | None
-
-
-def append_durably(path: Path, data: bytes) -> None:
-    """Append `data` to `path` and fsync it (and its folder when the file is new)."""
-    created = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def iter_leaves(log_dir: Path) -> Iterator[bytes]:
@@ -239,22 +219,8 @@ def _first_seq(segment: Path) -> int | None:
 
 def save_tree_state(path: Path, edge: CompactRange, tail_hash: str) -> None:
     """Replace `path`, atomically and durably, with the tree's right edge and its last entry's hash."""
-    data = orjson.dumps(
-        {"size": edge.size, "nodes": [node.hex() for node in edge.nodes], "tail_hash": tail_hash}
-    )
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    state = {"size": edge.size, "nodes": [node.hex() for node in edge.nodes], "tail_hash": tail_hash}
+    replace_durably(path, orjson.dumps(state))
 
 
 def load_tree_state(path: Path) -> tuple[CompactRange, str] | None:

@@ -41,6 +41,7 @@ from typing import Any
 from ztb.audit.entry import VERSION, ZERO_HASH, seal
 from ztb.audit.keys import SigningKey
 from ztb.config.errors import ConfigError
+from ztb.durable import fsync_folder, write_all
 from ztb.gates.base import Appended
 from ztb.oplog import event
 
@@ -333,7 +334,7 @@ class AuditWriter:
         except FileExistsError:
             raise SegmentDisplaced(f"{path.name} appeared before this writer rotated into it") from None
         self._fd = fd
-        _fsync_dir(self.folder)
+        fsync_folder(self.folder)
 
     def _write_batch(self, data: bytes) -> float:
         """Write at the tail's offset (a retry overwrites a partial write) and fsync once;
@@ -389,11 +390,11 @@ class AuditWriter:
             data = os.pread(self._fd, self._tail.offset, 0)
             descriptor = os.open(orphan, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o440)
             try:
-                os.write(descriptor, data)
+                write_all(descriptor, data)
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
-            _fsync_dir(self.folder)
+            fsync_folder(self.folder)
         except OSError as exc:
             return f"its entries could not be saved beside it: {exc}"
         finally:
@@ -404,14 +405,6 @@ class AuditWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _find_tail(folder: Path) -> _Tail:

@@ -11,7 +11,6 @@ off the same folder. It never decides what to cosign (service.py does).
 from __future__ import annotations
 
 import base64
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ztb.config.errors import ConfigError
+from ztb.durable import replace_durably
 
 __all__ = ["StateStore", "Stored"]
 
@@ -95,24 +95,5 @@ class StateStore:
     def write(self, stored: Stored) -> None:
         """Replace the state of `stored.origin`, durably and atomically (blocking: run it off the loop)."""
         path = self._path(stored.origin)
-        temporary = self.folder / f".tmp-{path.name}-{os.getpid()}"
         data = json.dumps(stored.to_json(), indent=2).encode("utf-8") + b"\n"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.replace(temporary, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(path, data, mode=0o600)
