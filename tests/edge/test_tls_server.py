@@ -312,6 +312,10 @@ def test_a_fin_without_close_notify_still_ends_the_stream_after_the_data(serve, 
     tls.shutdown(socket.SHUT_WR)  # TCP FIN only
     outcome = server.wait()
     assert outcome.received == b"last words" and outcome.ended_by == "eof"
+    # The peer had ended its side: the close does not linger for it (no place taken, no wait).
+    assert server.lingering.count == 0
+    tls.settimeout(2)  # (after shutdown() the SSLSocket reads raw bytes: the close_notify record)
+    assert read_all(tls)[1] is None  # the broker's side closed at once: EOF, not a 2 s timeout
     tls.close()
 
 

@@ -28,12 +28,13 @@ READ_CHUNK = 65536
 WRITE_CHUNK = 16384  # one TLS record's worth of plaintext per SSLObject.write
 LINGER_S = 1.0  # after a refused handshake: how long the peer's further bytes are read and dropped
 CLOSE_LINGER_S = 5.0  # after our close: how long we wait for the peer's, dropping what it sends
-MAX_LINGERING = 256  # refused connections lingering at once; past it, refusals close at once
+MAX_LINGERING = 256  # connections lingering at once, per listener; past it, they close at once
 
 
 class Lingering:
-    """A listener's refused connections still draining, and how many may at once: a flood of
-    refused handshakes must not hold more sockets than `limit` beyond the connection cap."""
+    """A listener's connections still draining after a refused handshake or a close, and how
+    many may at once: a flood of them must not hold more sockets than `limit` beyond the
+    connection cap (past it, they close at once)."""
 
     def __init__(self, limit: int = MAX_LINGERING) -> None:
         self.limit = limit
@@ -218,7 +219,8 @@ class TLSServer(asyncio.Protocol):
             self._flush()
         if raw is None:
             return
-        if self._open and not self._lost and raw.can_write_eof() and self._linger():
+        # Nothing to wait for once the peer has ended its side (its bytes were all read).
+        if self._open and not self._lost and not self._peer_eof and raw.can_write_eof() and self._linger():
             self._shut_then_close(raw, CLOSE_LINGER_S)
         else:
             raw.close()
