@@ -18,12 +18,16 @@ from ztb.audit.anchor import (
     _resume,
     _scan,
     iter_leaves,
+    largest_signed,
     load_tree_state,
     read_leaves,
+    read_recent_notes,
     save_tree_state,
 )
+from ztb.audit.checkpoint import Checkpoint, sign_checkpoint
 from ztb.audit.keys import SigningKey
 from ztb.audit.merkle import CompactRange, consistency_proof, subtree_of
+from ztb.audit.note import ED25519, Verifier
 from ztb.config.errors import ConfigError
 
 
@@ -134,3 +138,25 @@ def test_the_tree_state_file_round_trips_and_refuses_what_is_not_one(tmp_path: P
         path.write_bytes(broken)
         assert load_tree_state(path) is None
     assert load_tree_state(tmp_path / "absent.json") is None
+
+
+# -- what a start reads of a notes file (`anchor.read_recent_notes`) -------------------------------
+
+
+def test_a_start_reads_only_the_end_of_a_long_notes_file(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    verifier = Verifier("dev/broker-a", ED25519, key.public_raw)
+    path = tmp_path / "checkpoints.notes"
+    notes = [
+        sign_checkpoint(Checkpoint("dev/broker-a", size, bytes([size % 256]) * 32), key)
+        for size in range(1, 2001)
+    ]
+    path.write_text("".join(note.encode() + "\n" for note in notes))
+    assert len(read_recent_notes(path)) == 2000  # a small file: all of it
+    for tail in (4096, 4097, 5000, 20_000):  # cuts anywhere: inside a note, inside the "—"
+        recent = read_recent_notes(path, tail)
+        assert recent and recent == notes[-len(recent) :]  # whole notes, the last ones
+        assert len(recent) < 2000
+        latest = largest_signed(recent, verifier)
+        assert latest is not None and latest.size == 2000
+    assert read_recent_notes(tmp_path / "absent.notes") == []

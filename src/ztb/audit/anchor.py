@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -244,6 +246,32 @@ def read_notes(path: Path) -> list[Note]:
     return parse_notes(data)[0]
 
 
+NOTES_TAIL_BYTES = 1 << 20  # what a start reads of a notes file: the last few thousand notes
+# Where a note ends: a signature line ("— " is U+2014 and a space) and the empty line after it.
+_NOTE_END = re.compile(rb"\n\xe2\x80\x94 [^\n]*\n\n")
+
+
+def read_recent_notes(path: Path, tail_bytes: int = NOTES_TAIL_BYTES) -> list[Note]:
+    """The notes at the end of a notes file: its last `tail_bytes`, from the first whole note
+    in them on. Checkpoints are appended in growing size, so the latest is there; a start needs
+    no more (the whole file is the verifier's business), and a file that grows by a note every
+    few seconds must not make every start slower."""
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > tail_bytes:
+                handle.seek(size - tail_bytes)
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if size > tail_bytes:
+        cut = _NOTE_END.search(data)
+        data = data[cut.end() :] if cut is not None else b""
+    return parse_notes(data)[0]
+
+
 def largest_signed(
     notes: Sequence[Note], log: Verifier, witness: Verifier | None = None
 ) -> Checkpoint | None:
@@ -395,8 +423,8 @@ class Anchor:
         every checkpoint already signed), then start the schedule. One pass over the log, one
         segment in memory at a time: the tree's right edge, the root at the latest signed size,
         and only the leaves a witness may still need a proof over."""
-        own = await asyncio.to_thread(read_notes, self.notes_dir / LOG_NOTES)
-        cosigned = await asyncio.to_thread(read_notes, self.notes_dir / COSIGNED_NOTES)
+        own = await asyncio.to_thread(read_recent_notes, self.notes_dir / LOG_NOTES)
+        cosigned = await asyncio.to_thread(read_recent_notes, self.notes_dir / COSIGNED_NOTES)
         latest = largest_signed([*own, *cosigned], self.verifier)
         resumed = [await self._resume_size(state.sink, cosigned) for state in self._states]
         proving = [size for size, state in zip(resumed, self._states, strict=True) if state.sink.verifier]
@@ -472,7 +500,7 @@ class Anchor:
         if sink.verifier is not None:
             best = largest_signed(cosigned, self.verifier, sink.verifier)
         elif isinstance(sink, FileSink):
-            best = largest_signed(await asyncio.to_thread(read_notes, sink.path), self.verifier)
+            best = largest_signed(await asyncio.to_thread(read_recent_notes, sink.path), self.verifier)
         else:
             best = None
         return 0 if best is None else best.size
