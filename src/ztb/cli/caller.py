@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -71,6 +72,21 @@ def _caller(
         raise UserError(f"cannot use the caller's certificate: {exc}") from None
 
 
+@contextlib.contextmanager
+def _one_line_errors(caller: Caller) -> Iterator[None]:
+    """What can go wrong talking to the broker, as one line each; the caller closed after."""
+    try:
+        yield
+    except (CertificateRefused, BrokerUnavailable) as exc:  # each says what happened, in full
+        raise UserError(str(exc)) from None
+    except BrokerError as exc:  # only a mint raises one: a call's refusal is printed as its answer
+        raise UserError(f"token refused: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot reach the broker at {caller.host}:{caller.port}: {exc}") from None
+    finally:
+        caller.close()
+
+
 def _print_response(response: Response) -> None:
     click.echo(f"HTTP {response.status}")
     for name in ("ztb-call-id", "ztb-next-token", "ztb-receipt"):
@@ -95,16 +111,8 @@ def token(
 ) -> None:
     """Mint a single-use token for SCOPE on UPSTREAM, as the certificate's identity."""
     caller = _caller(deployment, identity, broker, cert, key, ca)
-    try:
+    with _one_line_errors(caller):
         click.echo(caller.mint(upstream, scope))
-    except (CertificateRefused, BrokerUnavailable) as exc:  # each says what happened, in full
-        raise UserError(str(exc)) from None
-    except BrokerError as exc:
-        raise UserError(f"token refused: {exc}") from None
-    except OSError as exc:
-        raise UserError(f"cannot reach the broker at {caller.host}:{caller.port}: {exc}") from None
-    finally:
-        caller.close()
 
 
 @click.command("call")
@@ -157,17 +165,9 @@ def call(
             raise UserError(f"no route in {deployment / 'registry.yaml'} matches {method} {target}")
         scope = found.route.scope
     caller = _caller(deployment, identity, broker, cert, key, ca)
-    try:
+    with _one_line_errors(caller):
         bearer = given_token or caller.mint(upstream, scope or "")
         response = caller.request(method, target, data, {"Authorization": f"Bearer {bearer}", **extra})
-    except (CertificateRefused, BrokerUnavailable) as exc:  # each says what happened, in full
-        raise UserError(str(exc)) from None
-    except BrokerError as exc:
-        raise UserError(f"token refused: {exc}") from None
-    except OSError as exc:
-        raise UserError(f"cannot reach the broker at {caller.host}:{caller.port}: {exc}") from None
-    finally:
-        caller.close()
     _print_response(response)
     sys.exit(0 if 200 <= response.status < 300 else 1)
 
