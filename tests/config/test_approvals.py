@@ -18,6 +18,7 @@ import yaml
 from ztb.audit.keys import SigningKey
 from ztb.config import ConfigError, load_registry
 from ztb.config.approvals import APPROVERS_FILE, SIGNATURES_FILE, message, registry_sha256
+from ztb.control import BrokerNotRunning, read_run_file
 from ztb.deploy import init_deployment, sign_registry_with_dev_keys
 from ztb.runtime import RunningBroker
 from ztb.sample.local import free_port
@@ -246,18 +247,27 @@ def served(dep: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     config["listen"]["port"], config["admin"]["port"] = free_port(), free_port()
     path.write_text(yaml.safe_dump(config))
     sign_registry_with_dev_keys(dep)
+    log = (dep.parent / "broker.stderr").open("wb")  # what the broker said, for a failure's message
     process = subprocess.Popen(
-        [sys.executable, "-m", "ztb", "serve", str(dep)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "ztb", "serve", str(dep)], stdout=subprocess.DEVNULL, stderr=log
     )
     try:
+        # Up, not merely starting: the run file exists from the first instant, but holds the
+        # broker's facts only once it listens. Until then it has not read the registry the test
+        # is about to break, and would refuse to start on the broken one.
         deadline = time.monotonic() + 20
-        while not (dep / "run" / "broker.json").exists():
-            assert process.poll() is None and time.monotonic() < deadline, "the broker did not start"
-            time.sleep(0.05)
+        while True:
+            try:
+                read_run_file(dep)
+                break
+            except BrokerNotRunning:
+                assert process.poll() is None and time.monotonic() < deadline, "the broker did not start"
+                time.sleep(0.05)
         yield dep, process
     finally:
         process.terminate()
         process.wait(10)
+        log.close()
 
 
 def test_sighup_refuses_each_unapproved_registry_and_keeps_serving(
@@ -281,8 +291,9 @@ def test_sighup_refuses_each_unapproved_registry_and_keeps_serving(
             timeout=30,
             check=False,
         )
-        assert reload.returncode == 1, name
-        assert expected in reload.stderr, name
+        said = (root.parent / "broker.stderr").read_text(errors="replace")[-2000:]
+        assert reload.returncode == 1, (name, reload.stderr, said)
+        assert expected in reload.stderr, (name, reload.stderr, said)
         assert process.poll() is None, name
         caller = Caller.for_identity(root, "svc.reports", url)
         with pytest.raises(BrokerError) as refused:  # the previous registry is still in force
