@@ -279,7 +279,7 @@ class Listener:
         self._ssl = ssl_context
         self._limits = limits
         self._fold = _Fold(broker.record_tls_rejection)
-        self._lingering = Lingering()  # refused handshakes draining after their alert
+        self._lingering = Lingering()  # connections draining after a refused handshake or a close
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: dict[asyncio.Task[None], asyncio.StreamWriter] = {}  # connections between requests
         self._draining = False
